@@ -1,0 +1,11 @@
+//! PyTI's shared ground: the generated protocol, the job model, configuration
+//! helpers and the gRPC plumbing every server uses.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod proto;
+pub mod telemetry;
+
+pub use error::Error;
