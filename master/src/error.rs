@@ -1,0 +1,18 @@
+//! The master crate's error type.
+
+/// Errors of the master.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration or job model error from the shared crate.
+    #[error(transparent)]
+    Model(#[from] pyti::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Server reflection could not be set up.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

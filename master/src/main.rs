@@ -1,0 +1,34 @@
+//! `pyti-master`: the farm's single entry point for jobs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use pyti_master::config::MasterConfig;
+use pyti_master::service::MasterService;
+
+/// Takes job requests, queues them in RabbitMQ and schedules them onto workers.
+#[derive(Debug, Parser)]
+#[command(name = "pyti-master", version)]
+struct Cli {
+    /// The master's INI configuration; defaults apply without it.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = MasterConfig::load(cli.config.as_deref())?;
+    pyti::telemetry::init(cli.log_json || config.log_json);
+    let (listener, addr) = pyti::grpc::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
+    tracing::info!(%addr, database = %config.database, "pyti-master listening");
+    pyti_master::service::serve(MasterService, listener, pyti::grpc::shutdown_signal()).await?;
+    tracing::info!("pyti-master stopped");
+    Ok(())
+}

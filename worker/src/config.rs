@@ -1,0 +1,389 @@
+//! The worker's configuration: the seed's INI file plus what a farm needs.
+//!
+//! ```ini
+//! [config]
+//! pyti_slave_root = /var/lib/pyti   ; PYTI_SLAVE_ROOT in the environment overrides it
+//! total_vms = 3
+//! master = http://127.0.0.1:50051
+//!
+//! [platform linux-debian]
+//! hypervisor = qemu:///system
+//! vms = 2
+//! variants = python3.11
+//! ```
+//!
+//! Every option has a default that works on one machine, so a worker starts with no file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pyti::config::{default_state_dir, IniFile};
+use pyti::model::names;
+
+use crate::error::Result;
+
+const CONFIG_KEYS: [&str; 10] = [
+    "pyti_slave_root",
+    "total_vms",
+    "worker_id",
+    "master",
+    "amqp_url",
+    "queue_prefix",
+    "listen",
+    "advertise",
+    "index_url",
+    "log_format",
+];
+
+const PLATFORM_KEYS: [&str; 9] = [
+    "hypervisor",
+    "image",
+    "vms",
+    "memory_mib",
+    "vcpus",
+    "run_timeout_s",
+    "variants",
+    "accel",
+    "io_disk_format",
+];
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Where images, the download cache, overlays and spooled results live.
+    /// Default: `/var/lib/pyti` for root, `~/.local/share/pyti` otherwise.
+    pub root: PathBuf,
+    /// VMs this host runs at once over all platforms. Default: 3.
+    pub total_vms: u32,
+    /// This worker's name in the farm. Default: the host name.
+    pub worker_id: String,
+    /// The master's gRPC address. Default: `http://127.0.0.1:50051`.
+    pub master: String,
+    /// RabbitMQ. Default: `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue name. Default: `pyti`.
+    pub queue_prefix: String,
+    /// Where `WorkerControl` listens. Default: `127.0.0.1:50052`.
+    pub listen: SocketAddr,
+    /// The control address given to the master. Default: `http://` + `listen`.
+    pub advertise: String,
+    /// PyPI simple index (PEP 691). Default: `https://pypi.org/simple`.
+    pub index_url: String,
+    /// `text` or `json` log lines. Default: `text`.
+    pub log_json: bool,
+    /// One entry per `[platform NAME]` section. Default: one `linux-debian` platform.
+    pub platforms: Vec<PlatformConfig>,
+}
+
+/// How VMs are made for one platform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformConfig {
+    /// Platform identifier jobs ask for, e.g. `linux-debian`.
+    pub name: String,
+    /// libvirt connection URI. Default: `qemu:///system`.
+    pub hypervisor: String,
+    /// Base image; empty means the one `pyti-worker image build` makes. Default: empty.
+    pub image: Option<PathBuf>,
+    /// VM slots. Default: `total_vms`.
+    pub vms: u32,
+    /// Memory per VM. Default: 1024 MiB.
+    pub memory_mib: u32,
+    /// vCPUs per VM. Default: 1.
+    pub vcpus: u32,
+    /// Wall-time limit of one VM run. Default: 1800 s.
+    pub run_timeout_s: u32,
+    /// Variants the platform's VMs offer (jobs may ask for any subset). Default: none.
+    pub variants: Vec<String>,
+    /// Accelerator: `auto`, `kvm` or `tcg`. Default: `auto` (KVM only where it really works).
+    pub accel: Accel,
+    /// IO disk format the hypervisor wants: `raw`, `qcow2`, `vdi`, `vmdk`. Default: `raw`.
+    pub io_disk_format: String,
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when a probe shows it works, TCG otherwise.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl WorkerConfig {
+    /// Reads `path` (or takes every default when `None`), then applies the environment
+    /// (`PYTI_SLAVE_ROOT`).
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let env = |k: &str| std::env::var(k).ok();
+        let file = match path {
+            Some(p) => IniFile::load(p)?,
+            None => IniFile::empty(Path::new("<defaults>")),
+        };
+        Self::from_ini(&file, &env)
+    }
+
+    /// Builds the configuration from a parsed file and an environment lookup.
+    pub fn from_ini(file: &IniFile, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        file.check_sections(&["config"], &["platform"])?;
+        file.check_keys("config", &CONFIG_KEYS)?;
+        let c = "config";
+        let root = env("PYTI_SLAVE_ROOT")
+            .filter(|r| !r.is_empty())
+            .or_else(|| file.get(c, "pyti_slave_root").map(str::to_owned))
+            .map_or_else(
+                || default_state_dir("pyti", pyti::config::running_as_root(), env),
+                PathBuf::from,
+            );
+        let total_vms = file.get_u64_in(c, "total_vms", 1, 256)?.unwrap_or(3) as u32;
+        let worker_id = match file.get(c, "worker_id") {
+            Some(id) if names::is_valid_variant(id) => id.to_owned(),
+            Some(id) => {
+                return Err(file
+                    .value_error(
+                        c,
+                        "worker_id",
+                        format!(
+                            "{id:?} is not a worker id (lower-case letters, digits, '.', '_', '-')"
+                        ),
+                    )
+                    .into())
+            }
+            None => default_worker_id(),
+        };
+        let listen: SocketAddr = file
+            .get_parsed(c, "listen", "a socket address such as 127.0.0.1:50052")?
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50052)));
+        let advertise = file
+            .get(c, "advertise")
+            .map_or_else(|| format!("http://{listen}"), str::to_owned);
+        let log_json = match file.get(c, "log_format") {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(file
+                    .value_error(c, "log_format", format!("{other:?} is not text or json"))
+                    .into())
+            }
+        };
+        let mut platforms = Vec::new();
+        for name in file.sections_named("platform") {
+            platforms.push(PlatformConfig::from_ini(file, &name, total_vms)?);
+        }
+        if platforms.is_empty() {
+            platforms.push(PlatformConfig::defaults(
+                pyti::model::jobspec::DEFAULT_PLATFORM,
+                total_vms,
+            ));
+        }
+        Ok(Self {
+            root,
+            total_vms,
+            worker_id,
+            master: file
+                .get(c, "master")
+                .unwrap_or("http://127.0.0.1:50051")
+                .to_owned(),
+            amqp_url: file
+                .get(c, "amqp_url")
+                .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")
+                .to_owned(),
+            queue_prefix: file.get(c, "queue_prefix").unwrap_or("pyti").to_owned(),
+            listen,
+            advertise,
+            index_url: file
+                .get(c, "index_url")
+                .unwrap_or("https://pypi.org/simple")
+                .to_owned(),
+            log_json,
+            platforms,
+        })
+    }
+}
+
+impl PlatformConfig {
+    /// A platform with every default.
+    pub fn defaults(name: &str, total_vms: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            hypervisor: "qemu:///system".to_owned(),
+            image: None,
+            vms: total_vms,
+            memory_mib: 1024,
+            vcpus: 1,
+            run_timeout_s: 1800,
+            variants: Vec::new(),
+            accel: Accel::Auto,
+            io_disk_format: "raw".to_owned(),
+        }
+    }
+
+    fn from_ini(file: &IniFile, name: &str, total_vms: u32) -> Result<Self> {
+        let section = format!("platform {name}");
+        let s = section.as_str();
+        file.check_keys(s, &PLATFORM_KEYS)?;
+        if !names::is_valid_platform(name) {
+            return Err(file
+                .value_error(s, "", format!("{name:?} is not a platform identifier (lower-case words joined by '-', e.g. linux-debian)"))
+                .into());
+        }
+        let defaults = Self::defaults(name, total_vms);
+        let variants = file.get_list(s, "variants");
+        if let Some(bad) = variants.iter().find(|v| !names::is_valid_variant(v)) {
+            return Err(file
+                .value_error(
+                    s,
+                    "variants",
+                    format!(
+                        "{bad:?} is not a variant (lower-case letters, digits, '.', '_', '-', '=')"
+                    ),
+                )
+                .into());
+        }
+        let accel = match file.get(s, "accel") {
+            None | Some("auto") => Accel::Auto,
+            Some("kvm") => Accel::Kvm,
+            Some("tcg") => Accel::Tcg,
+            Some(other) => {
+                return Err(file
+                    .value_error(s, "accel", format!("{other:?} is not auto, kvm or tcg"))
+                    .into())
+            }
+        };
+        let io_disk_format = match file.get(s, "io_disk_format") {
+            None => defaults.io_disk_format.clone(),
+            Some(f @ ("raw" | "qcow2" | "vdi" | "vmdk")) => f.to_owned(),
+            Some(other) => {
+                return Err(file
+                    .value_error(
+                        s,
+                        "io_disk_format",
+                        format!("{other:?} is not raw, qcow2, vdi or vmdk"),
+                    )
+                    .into())
+            }
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            hypervisor: file
+                .get(s, "hypervisor")
+                .unwrap_or(&defaults.hypervisor)
+                .to_owned(),
+            image: file.get(s, "image").map(PathBuf::from),
+            vms: file
+                .get_u64_in(s, "vms", 0, u64::from(total_vms))?
+                .map_or(defaults.vms, |v| v as u32),
+            memory_mib: file
+                .get_u64_in(s, "memory_mib", 128, 1 << 20)?
+                .map_or(defaults.memory_mib, |v| v as u32),
+            vcpus: file
+                .get_u64_in(s, "vcpus", 1, 64)?
+                .map_or(defaults.vcpus, |v| v as u32),
+            run_timeout_s: file
+                .get_u64_in(s, "run_timeout_s", 10, 7 * 24 * 3600)?
+                .map_or(defaults.run_timeout_s, |v| v as u32),
+            variants,
+            accel,
+            io_disk_format,
+        })
+    }
+}
+
+/// The host name, lower-cased, as a worker id; `worker` when it cannot be read.
+fn default_worker_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| names::is_valid_variant(h))
+        .unwrap_or_else(|| "worker".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<WorkerConfig> {
+        WorkerConfig::from_ini(
+            &IniFile::parse(text, Path::new("pyti_config")).unwrap(),
+            env,
+        )
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_seed_file_works() {
+        let config = parse(
+            "[config]\npyti_slave_root = /srv/pyti\ntotal_vms = 3\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(config.root, PathBuf::from("/srv/pyti"));
+        assert_eq!(config.total_vms, 3);
+        assert_eq!(
+            config.platforms,
+            [PlatformConfig::defaults("linux-debian", 3)]
+        );
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50052");
+        assert_eq!(config.advertise, "http://127.0.0.1:50052");
+    }
+
+    #[test]
+    fn environment_overrides_the_root() {
+        let env = |k: &str| (k == "PYTI_SLAVE_ROOT").then(|| "/tmp/other".to_owned());
+        let config = parse("[config]\npyti_slave_root = /srv/pyti\n", &env).unwrap();
+        assert_eq!(config.root, PathBuf::from("/tmp/other"));
+    }
+
+    #[test]
+    fn platform_sections() {
+        let text = "[config]\ntotal_vms = 4\n[platform linux-debian]\nvms = 2\nvariants = python3.11, big\naccel = tcg\nmemory_mib = 768\n[platform linux-other]\nhypervisor = test:///default\n";
+        let config = parse(text, &no_env).unwrap();
+        assert_eq!(config.platforms.len(), 2);
+        let debian = &config.platforms[0];
+        assert_eq!(
+            (debian.name.as_str(), debian.vms, debian.memory_mib),
+            ("linux-debian", 2, 768)
+        );
+        assert_eq!(debian.variants, ["python3.11", "big"]);
+        assert_eq!(debian.accel, Accel::Tcg);
+        assert_eq!(config.platforms[1].hypervisor, "test:///default");
+        assert_eq!(config.platforms[1].vms, 4);
+    }
+
+    #[test]
+    fn bad_values_name_file_section_and_key() {
+        let cases = [
+            ("[config]\ntotal_vms = -1\n", "pyti_config: [config] total_vms: \"-1\" is not a whole number from 1 to 256"),
+            ("[platform linux-debian]\naccel = fast\n", "pyti_config: [platform linux-debian] accel: \"fast\" is not auto, kvm or tcg"),
+            ("[platform linux-debian]\nvms = 9\n", "pyti_config: [platform linux-debian] vms: 9 is out of range: expected a whole number from 0 to 3"),
+            ("[config]\nlisten = nowhere\n", "pyti_config: [config] listen: \"nowhere\" is not a socket address such as 127.0.0.1:50052"),
+            ("[platform linux_debian]\n", "pyti_config: [platform linux_debian] : \"linux_debian\" is not a platform identifier"),
+            ("[config]\nslave_root = /x\n", "pyti_config: [config] slave_root: unknown key"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text, &no_env).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("pyti_config"))
+            {
+                WorkerConfig::from_ini(&IniFile::load(&path).unwrap(), &no_env)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example worker config found");
+    }
+}
