@@ -84,6 +84,10 @@ pub struct DiskSpec {
     /// Attach read-only (the guest cannot write it).
     #[serde(default)]
     pub read_only: bool,
+    /// For a qcow2 overlay: its read-only qcow2 base. Named in the domain so libvirt
+    /// never relabels (chowns) the shared base for one VM.
+    #[serde(default)]
+    pub backing_file: Option<PathBuf>,
 }
 
 impl DiskSpec {
@@ -95,6 +99,17 @@ impl DiskSpec {
             path,
             format,
             read_only: false,
+            backing_file: None,
+        }
+    }
+
+    /// A qcow2 overlay on a qcow2 `base` (the per-run system disk).
+    pub fn overlay(path: impl Into<PathBuf>, base: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            backing_file: Some(base.into()),
         }
     }
 }

@@ -144,6 +144,7 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
             disk.read_only,
             bus,
             &disk_target(prefix, index),
+            disk.backing_file.as_deref().filter(|_| qemu),
         );
     }
     if let Some(iso) = &config.iso {
@@ -159,6 +160,7 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
             true,
             cd_bus,
             &cd_target,
+            None,
         );
     }
     if let Some(log) = &config.serial_log {
@@ -181,6 +183,7 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
     x
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_disk(
     x: &mut String,
     device: &str,
@@ -189,6 +192,7 @@ fn write_disk(
     read_only: bool,
     bus: &str,
     target: &str,
+    backing_file: Option<&std::path::Path>,
 ) {
     let (device, cache) = match device.split_once(' ') {
         Some((device, cache)) => (device, format!(" cache='{cache}'")),
@@ -201,6 +205,15 @@ fn write_disk(
         format.as_str()
     );
     let _ = writeln!(x, "      <source file='{}'/>", escape(path));
+    if let Some(base) = backing_file {
+        // relabel='no': libvirt would otherwise chown the shared base to the qemu user,
+        // and a file's owner can make it writable again.
+        let _ = writeln!(
+            x,
+            "      <backingStore type='file'>\n        <format type='qcow2'/>\n        <source file='{}'>\n          <seclabel model='dac' relabel='no'/>\n        </source>\n        <backingStore/>\n      </backingStore>",
+            escape(&base.to_string_lossy())
+        );
+    }
     let _ = writeln!(x, "      <target dev='{target}' bus='{bus}'/>");
     if read_only {
         x.push_str("      <readonly/>\n");
@@ -226,7 +239,10 @@ mod tests {
         let mut config = VmConfig::new("pyti-w1-linux-debian-0");
         config.memory_mib = 768;
         config.vcpus = 2;
-        config.hard_disk = Some(DiskSpec::new("/r/overlays/slot0.qcow2"));
+        config.hard_disk = Some(DiskSpec::overlay(
+            "/r/overlays/slot0.qcow2",
+            "/r/images/x/base.qcow2",
+        ));
         config.extra_disks = vec![DiskSpec::new("/r/io/job-1.img")];
         config.kernel = Some(DirectKernelBoot {
             kernel: "/r/images/x/vmlinuz".into(),
@@ -278,6 +294,15 @@ mod tests {
         assert!(xml.contains("<source path='/r/logs/slot0.log'/>"));
         assert!(!xml.contains("host-passthrough"));
         assert!(xml.contains("machine='pc'"));
+        let backing = xml.find("<backingStore type='file'>").unwrap();
+        let base = xml.find("<source file='/r/images/x/base.qcow2'>").unwrap();
+        let no_relabel = xml.find("<seclabel model='dac' relabel='no'/>").unwrap();
+        assert!(overlay < backing && backing < base && base < no_relabel && no_relabel < io);
+        assert_eq!(
+            xml.matches("<backingStore").count(),
+            2,
+            "base has no backing"
+        );
     }
 
     #[test]
@@ -311,6 +336,10 @@ mod tests {
         assert!(xml.contains("<target dev='sda' bus='sata'/>"));
         assert!(xml.contains("<target dev='sdb' bus='sata'/>"));
         assert!(!xml.contains("memballoon"));
+        assert!(
+            !xml.contains("backingStore"),
+            "only QEMU understands qcow2 chains"
+        );
         assert!(!xml.contains("machine='pc'"));
     }
 
