@@ -280,6 +280,37 @@ impl Connection {
     }
 }
 
+/// What `cleanup_leftovers` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Domains destroyed and undefined.
+    pub domains: Vec<String>,
+    /// Overlay files deleted.
+    pub overlays: Vec<PathBuf>,
+}
+
+/// Removes what a killed worker left behind (call at startup, before the pool is used):
+/// domains whose names start with `prefix`, and `prefix*.qcow2` overlays in `overlay_dir`.
+/// Base images are never touched, so nothing else needs repair.
+pub async fn cleanup_leftovers(
+    connection: &Connection,
+    overlay_dir: &Path,
+    prefix: &str,
+) -> Result<Leftovers, VmError> {
+    let domains = connection.cleanup_stale(prefix).await?;
+    let overlays = overlay::stale_overlays(overlay_dir, prefix);
+    for path in &overlays {
+        tokio::fs::remove_file(path)
+            .await
+            .map_err(|source| VmError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        info!(overlay = %path.display(), "Removed stale overlay");
+    }
+    Ok(Leftovers { domains, overlays })
+}
+
 /// One libvirt domain driven by PyTI.
 #[derive(Debug, Clone)]
 pub struct VirtualMachine {

@@ -172,3 +172,35 @@ async fn unsupported_uri_is_refused_with_the_uri_named() {
     let err = Connection::open("xen:///system").await.unwrap_err();
     assert!(err.to_string().contains("xen:///system"));
 }
+
+#[tokio::test]
+async fn leftovers_of_a_killed_worker_are_removed_by_prefix_only() {
+    let connection = connection().await;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["pyti-t6-0.qcow2", "pyti-t6-1.qcow2", "pyti-other-0.qcow2"] {
+        std::fs::write(dir.path().join(name), b"overlay").unwrap();
+    }
+    let mine = VirtualMachine::define(&connection, &config("pyti-t6-0"))
+        .await
+        .unwrap();
+    mine.start().await.unwrap();
+    let other = VirtualMachine::define(&connection, &config("pyti-other-0"))
+        .await
+        .unwrap();
+    let removed = pyti_worker::vms::cleanup_leftovers(&connection, dir.path(), "pyti-t6-")
+        .await
+        .unwrap();
+    assert_eq!(removed.domains, vec!["pyti-t6-0".to_owned()]);
+    assert_eq!(
+        removed.overlays,
+        vec![
+            dir.path().join("pyti-t6-0.qcow2"),
+            dir.path().join("pyti-t6-1.qcow2")
+        ]
+    );
+    assert!(dir.path().join("pyti-other-0.qcow2").exists());
+    let names = connection.domain_names().await.unwrap();
+    assert!(names.contains(&"pyti-other-0".to_owned()));
+    assert!(!names.contains(&"pyti-t6-0".to_owned()));
+    other.undefine().await.unwrap();
+}

@@ -176,7 +176,7 @@ pub fn list_images(root: &Path) -> Vec<GuestImage> {
         })
         .filter_map(|p| GuestImage::load(&p).ok())
         .collect();
-    images.sort_by(|a, b| b.manifest.built_at_unix_s.cmp(&a.manifest.built_at_unix_s));
+    images.sort_by_key(|image| std::cmp::Reverse(image.manifest.built_at_unix_s));
     images
 }
 
