@@ -1,5 +1,5 @@
-//! The build steps: debootstrap, configure the rootfs in a chroot, ext4 without mounting,
-//! qcow2 base, kernel and initramfs beside it.
+//! The build steps: debootstrap, configure the rootfs in a chroot, our own initramfs,
+//! ext4 without mounting, qcow2 base, kernel and initramfs beside it.
 //!
 //! Each step logs its start and its elapsed time (the build takes about a minute with a
 //! warm package cache, most of it debootstrap). The build happens in a scratch directory
@@ -16,6 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
 use super::agent::check_static_agent;
+use super::initramfs;
 use super::recipe::{self, ImageRecipe, Manifest, ManifestFile};
 use super::{images_dir, sha256_file, GuestImage, ImageError};
 
@@ -284,13 +285,6 @@ fn build_into(
             .arg(&mirror),
     )?;
 
-    let modules = recipe.initramfs_modules.join("\n") + "\n";
-    write_file(&rootfs.join("etc/initramfs-tools/modules"), &modules, 0o644)?;
-    write_file(
-        &rootfs.join("etc/initramfs-tools/conf.d/pyti.conf"),
-        "MODULES=list\nCOMPRESS=gzip\nRESUME=none\n",
-        0o644,
-    )?;
     write_file(&rootfs.join("etc/hostname"), "pyti-guest\n", 0o644)?;
     write_file(
         &rootfs.join(recipe::INIT_PATH.trim_start_matches('/')),
@@ -300,11 +294,6 @@ fn build_into(
     let agent_target = rootfs.join(recipe::AGENT_PATH.trim_start_matches('/'));
     fs::copy(agent, &agent_target).map_err(io_error(&agent_target))?;
     set_mode(&agent_target, 0o755)?;
-    step(
-        scratch,
-        "initramfs",
-        &mut chroot(&rootfs, &["update-initramfs", "-u", "-k", "all"]),
-    )?;
     step(
         scratch,
         "venv",
@@ -324,14 +313,20 @@ fn build_into(
     let kernel_release = recipe::kernel_release_from_name(&kernel_file)
         .unwrap_or_default()
         .to_owned();
-    for (from, to) in [
-        (kernel_file.clone(), KERNEL_NAME),
-        (format!("initrd.img-{kernel_release}"), INITRD_NAME),
-    ] {
-        let target = scratch.join(to);
-        fs::copy(boot.join(&from), &target).map_err(io_error(&boot.join(&from)))?;
-        set_mode(&target, 0o644)?;
-    }
+    let kernel_target = scratch.join(KERNEL_NAME);
+    fs::copy(boot.join(&kernel_file), &kernel_target)
+        .map_err(io_error(&boot.join(&kernel_file)))?;
+    set_mode(&kernel_target, 0o644)?;
+    let initramfs_started = Instant::now();
+    let initrd = build_initramfs(&rootfs, &kernel_release, &recipe.initramfs_modules)?;
+    let initrd_target = scratch.join(INITRD_NAME);
+    write_bytes(&initrd_target, &initrd)?;
+    info!(
+        step = "initramfs",
+        bytes = initrd.len(),
+        elapsed_s = format!("{:.1}", initramfs_started.elapsed().as_secs_f64()),
+        "Image build step done"
+    );
 
     let slim_started = Instant::now();
     for dir in [
@@ -369,7 +364,13 @@ fn build_into(
             .arg(&rootfs)
             .arg(&ext4),
     )?;
+    let cleanup_started = Instant::now();
     fs::remove_dir_all(&rootfs).map_err(io_error(&rootfs))?;
+    info!(
+        step = "remove rootfs",
+        elapsed_s = format!("{:.1}", cleanup_started.elapsed().as_secs_f64()),
+        "Image build step done"
+    );
     let base = scratch.join(BASE_NAME);
     step(
         scratch,
@@ -382,6 +383,7 @@ fn build_into(
     fs::remove_file(&ext4).map_err(io_error(&ext4))?;
     set_mode(&base, 0o444)?;
     set_mode(scratch, 0o755)?;
+    info!(step = "manifest", "Hashing the image files");
 
     let manifest = Manifest {
         manifest_version: 1,
@@ -407,6 +409,45 @@ fn build_into(
     })?;
     write_file(&scratch.join("manifest.json"), &(text + "\n"), 0o644)?;
     Ok(manifest)
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    fs::write(path, bytes).map_err(io_error(path))?;
+    set_mode(path, 0o644)
+}
+
+/// PyTI's initramfs (see `initramfs.rs`) from the rootfs's busybox and kernel modules.
+fn build_initramfs(
+    rootfs: &Path,
+    kernel_release: &str,
+    modules: &[String],
+) -> Result<Vec<u8>, ImageError> {
+    let modules_dir = rootfs.join("usr/lib/modules").join(kernel_release);
+    let dep_path = modules_dir.join("modules.dep");
+    let dep = fs::read_to_string(&dep_path).map_err(io_error(&dep_path))?;
+    let order = initramfs::module_load_order(&dep, modules).map_err(|detail| ImageError::Step {
+        step: "initramfs".into(),
+        detail,
+    })?;
+    let busybox_path = rootfs.join("usr/bin/busybox");
+    let busybox = fs::read(&busybox_path).map_err(io_error(&busybox_path))?;
+    let mut cpio = initramfs::CpioWriter::new();
+    for dir in ["bin", "dev", "proc", "sys", "root", "modules"] {
+        cpio.directory(dir);
+    }
+    cpio.character_device("dev/console", 5, 1);
+    cpio.file("bin/busybox", 0o755, &busybox);
+    let mut files = Vec::new();
+    for relative in &order {
+        let path = modules_dir.join(relative);
+        let bytes = fs::read(&path).map_err(io_error(&path))?;
+        let file = relative.rsplit('/').next().unwrap_or(relative).to_owned();
+        cpio.file(&format!("modules/{file}"), 0o644, &bytes);
+        files.push(file);
+    }
+    let init = initramfs::init_script(&files, recipe::INIT_PATH);
+    cpio.file("init", 0o755, init.as_bytes());
+    Ok(cpio.finish())
 }
 
 /// Apparent size of everything under `dir` (symlinks not followed).

@@ -14,6 +14,7 @@ pub mod agent;
 mod build;
 pub mod check;
 pub mod cli;
+pub mod initramfs;
 pub mod recipe;
 
 use std::io::Read;

@@ -39,6 +39,7 @@ for word in $(cat /proc/cmdline); do
 done
 
 mkdir -p /io
+modprobe -qa vfat nls_cp437 nls_utf8 nls_ascii
 if ! mount -t vfat -o rw,noatime,iocharset=utf8 "$io_device" /io; then
     say "cannot mount the IO disk $io_device"
     power_off

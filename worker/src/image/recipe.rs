@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bump when the build steps change in a way that changes the image.
-pub const BUILDER_VERSION: u32 = 1;
+pub const BUILDER_VERSION: u32 = 2;
 
 /// PID 1 of the guest (installed as `/usr/local/sbin/pyti-init`).
 pub const INIT_SCRIPT: &str = include_str!("pyti-init.sh");
@@ -36,7 +36,7 @@ pub struct ImageRecipe {
     pub variant: String,
     /// Packages added to the variant.
     pub packages: Vec<String>,
-    /// Kernel modules put into the initramfs (and loaded there).
+    /// Kernel modules the initramfs loads to reach the root disk (with their dependencies).
     pub initramfs_modules: Vec<String>,
 }
 
@@ -54,16 +54,9 @@ pub fn recipe_for(platform: &str) -> Option<ImageRecipe> {
                 "strace",
                 "linux-image-cloud-amd64",
                 "initramfs-tools",
+                "busybox-static",
             ]),
-            initramfs_modules: strings(&[
-                "virtio_pci",
-                "virtio_blk",
-                "vfat",
-                "nls_cp437",
-                "nls_ascii",
-                "nls_utf8",
-                "nls_iso8859-1",
-            ]),
+            initramfs_modules: strings(&["virtio_pci", "virtio_blk"]),
         }),
         _ => None,
     }
@@ -89,6 +82,10 @@ pub fn image_hash(recipe: &ImageRecipe, agent_sha256: &str) -> String {
     field("packages", &recipe.packages.join(","));
     field("modules", &recipe.initramfs_modules.join(","));
     field("venv", VENV_PATH);
+    field(
+        "initramfs-init",
+        &super::initramfs::init_script(&[], INIT_PATH),
+    );
     field("agent", agent_sha256);
     hex::encode(hasher.finalize())
 }
@@ -186,7 +183,7 @@ mod tests {
         ] {
             assert!(recipe.packages.iter().any(|p| p == package), "{package}");
         }
-        for module in ["virtio_pci", "virtio_blk", "vfat"] {
+        for module in ["virtio_pci", "virtio_blk"] {
             assert!(recipe.initramfs_modules.iter().any(|m| m == module));
         }
         assert!(recipe_for("windows").is_none());
@@ -264,5 +261,6 @@ mod tests {
         assert!(INIT_SCRIPT.contains("results/selftest.json"));
         assert!(INIT_SCRIPT.contains(&format!("{AGENT_PATH} run --io /io")));
         assert!(INIT_SCRIPT.contains(VENV_PATH));
+        assert!(INIT_SCRIPT.contains("modprobe -qa vfat"));
     }
 }
