@@ -243,8 +243,11 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/
         assert!(script.contains("poweroff -f"));
     }
 
-    /// Reads back (name, mode, data, rdev) entries of a newc archive.
-    fn parse(bytes: &[u8]) -> Vec<(String, u32, Vec<u8>, (u32, u32))> {
+    /// One archive entry: name, mode, data, device numbers.
+    type Entry = (String, u32, Vec<u8>, (u32, u32));
+
+    /// Reads back the entries of a newc archive.
+    fn parse(bytes: &[u8]) -> Vec<Entry> {
         let field = |at: usize, index: usize| {
             let start = at + 6 + index * 8;
             u32::from_str_radix(std::str::from_utf8(&bytes[start..start + 8]).unwrap(), 16).unwrap()
