@@ -1,8 +1,11 @@
-//! pyti-worker: runs PyTI jobs in libvirt VMs on one host and serves the
+//! pyti-worker: runs PyTI jobs in throw-away libvirt VMs on one host and serves the
 //! `WorkerControl` control plane.
 
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod image;
+pub mod stateofvm;
+pub mod vms;
 
 pub use error::{Error, Result};
