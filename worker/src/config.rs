@@ -112,6 +112,21 @@ pub enum Accel {
 }
 
 impl WorkerConfig {
+    /// The VM slots this configuration asks for: `(name, platform)`, named
+    /// `pyti-<worker>-<platform>-<n>` so a restarted worker finds its leftovers.
+    pub fn slot_names(&self) -> Vec<(String, String)> {
+        self.platforms
+            .iter()
+            .flat_map(|p| {
+                crate::stateofvm::SlotPool::slot_names(
+                    &format!("pyti-{}-", self.worker_id),
+                    &p.name,
+                    p.vms as usize,
+                )
+            })
+            .collect()
+    }
+
     /// Reads `path` (or takes every default when `None`), then applies the environment
     /// (`PYTI_SLAVE_ROOT`).
     pub fn load(path: Option<&Path>) -> Result<Self> {
@@ -167,14 +182,30 @@ impl WorkerConfig {
             }
         };
         let mut platforms = Vec::new();
-        for name in file.sections_named("platform") {
-            platforms.push(PlatformConfig::from_ini(file, &name, total_vms)?);
+        let names = file.sections_named("platform");
+        // Platforms that do not say share the host's VMs evenly.
+        let share = (total_vms / u32::try_from(names.len().max(1)).unwrap_or(1)).max(1);
+        for name in names {
+            platforms.push(PlatformConfig::from_ini(file, &name, total_vms, share)?);
         }
         if platforms.is_empty() {
             platforms.push(PlatformConfig::defaults(
                 pyti::model::jobspec::DEFAULT_PLATFORM,
                 total_vms,
             ));
+        }
+        let slots: u32 = platforms.iter().map(|p| p.vms).sum();
+        if slots > total_vms {
+            return Err(file
+                .value_error(
+                    c,
+                    "total_vms",
+                    format!(
+                        "the platforms' vms add up to {slots}, more than total_vms = {total_vms}: \
+                         raise total_vms or lower a platform's vms"
+                    ),
+                )
+                .into());
         }
         Ok(Self {
             root,
@@ -218,7 +249,7 @@ impl PlatformConfig {
         }
     }
 
-    fn from_ini(file: &IniFile, name: &str, total_vms: u32) -> Result<Self> {
+    fn from_ini(file: &IniFile, name: &str, total_vms: u32, default_vms: u32) -> Result<Self> {
         let section = format!("platform {name}");
         let s = section.as_str();
         file.check_keys(s, &PLATFORM_KEYS)?;
@@ -227,7 +258,7 @@ impl PlatformConfig {
                 .value_error(s, "", format!("{name:?} is not a platform identifier (lower-case words joined by '-', e.g. linux-debian)"))
                 .into());
         }
-        let defaults = Self::defaults(name, total_vms);
+        let defaults = Self::defaults(name, default_vms);
         let variants = file.get_list(s, "variants");
         if let Some(bad) = variants.iter().find(|v| !names::is_valid_variant(v)) {
             return Err(file
@@ -350,7 +381,7 @@ mod tests {
         assert_eq!(debian.variants, ["python3.11", "big"]);
         assert_eq!(debian.accel, Accel::Tcg);
         assert_eq!(config.platforms[1].hypervisor, "test:///default");
-        assert_eq!(config.platforms[1].vms, 4);
+        assert_eq!(config.platforms[1].vms, 2);
     }
 
     #[test]
@@ -359,6 +390,7 @@ mod tests {
             ("[config]\ntotal_vms = -1\n", "pyti_config: [config] total_vms: \"-1\" is not a whole number from 1 to 256"),
             ("[platform linux-debian]\naccel = fast\n", "pyti_config: [platform linux-debian] accel: \"fast\" is not auto, kvm or tcg"),
             ("[platform linux-debian]\nvms = 9\n", "pyti_config: [platform linux-debian] vms: 9 is out of range: expected a whole number from 0 to 3"),
+            ("[config]\ntotal_vms = 2\n[platform a]\nvms = 2\n[platform b]\nvms = 1\n", "pyti_config: [config] total_vms: the platforms' vms add up to 3, more than total_vms = 2"),
             ("[config]\nlisten = nowhere\n", "pyti_config: [config] listen: \"nowhere\" is not a socket address such as 127.0.0.1:50052"),
             ("[platform linux_debian]\n", "pyti_config: [platform linux_debian] : \"linux_debian\" is not a platform identifier"),
             ("[config]\nslave_root = /x\n", "pyti_config: [config] slave_root: unknown key"),

@@ -1,6 +1,10 @@
 //! `WorkerControl`: the control plane the master and operators use to see what a
 //! worker can take (capacity per platform), which VMs it runs, and to cancel or drain.
+//!
+//! Everything it reports is derived from the slot pool (`stateofvm`), never counted
+//! separately, so what the master schedules by is what the worker really has.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,72 +17,104 @@ use tonic::{Request, Response, Status};
 
 use crate::config::WorkerConfig;
 use crate::error::Result as WorkerResult;
-
-/// Capacity as the worker advertises it; the master schedules by `ready`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlatformCapacity {
-    /// Platform identifier.
-    pub platform: String,
-    /// Variants the platform's VMs offer.
-    pub variants: Vec<String>,
-    /// Configured slots.
-    pub total: u32,
-    /// Slots free to take a job.
-    pub ready: u32,
-}
+use crate::stateofvm::{SlotInfo, SlotPool, SlotState};
 
 /// The worker's control-plane service (cheap to clone: clones share state).
 #[derive(Clone)]
 pub struct ControlService {
     config: Arc<WorkerConfig>,
+    pool: SlotPool,
     draining: Arc<watch::Sender<bool>>,
     /// Ends open WatchCapacity streams, which would otherwise hold a graceful shutdown open.
     shutdown: CancellationToken,
 }
 
 impl ControlService {
-    /// A control plane answering from `config`.
-    pub fn new(config: Arc<WorkerConfig>) -> Self {
+    /// A control plane over `pool`, with platform variants from `config`.
+    pub fn new(config: Arc<WorkerConfig>, pool: SlotPool) -> Self {
         let (draining, _) = watch::channel(false);
         Self {
             config,
+            pool,
             draining: Arc::new(draining),
             shutdown: CancellationToken::new(),
         }
     }
 
-    /// Capacity per platform: every configured slot, none ready while draining.
-    pub fn capacity(&self) -> Vec<PlatformCapacity> {
-        let draining = *self.draining.borrow();
-        self.config
-            .platforms
-            .iter()
-            .map(|p| PlatformCapacity {
-                platform: p.name.clone(),
-                variants: p.variants.clone(),
-                total: p.vms,
-                ready: if draining { 0 } else { p.vms },
-            })
-            .collect()
+    /// True once `Drain` was called: the worker takes no new work.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
-    fn capacity_message(&self) -> proto::Capacity {
-        proto::Capacity {
-            worker_id: self.config.worker_id.clone(),
-            platforms: self
-                .capacity()
-                .into_iter()
-                .map(|c| proto::PlatformCapacity {
-                    platform: c.platform,
-                    variants: c.variants,
-                    total: c.total,
-                    ready: c.ready,
+    /// Capacity as the master sees it: per-state counts of every configured platform's
+    /// slots; nothing is ready while draining.
+    pub fn capacity_message(&self) -> proto::Capacity {
+        capacity_message(&self.config, &self.pool.slots(), self.is_draining())
+    }
+}
+
+/// Builds the `Capacity` message from the slots (pure, for tests).
+pub fn capacity_message(
+    config: &WorkerConfig,
+    slots: &[SlotInfo],
+    draining: bool,
+) -> proto::Capacity {
+    let mut platforms: BTreeMap<&str, proto::PlatformCapacity> = config
+        .platforms
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                proto::PlatformCapacity {
+                    platform: p.name.clone(),
+                    variants: p.variants.clone(),
                     ..Default::default()
-                })
-                .collect(),
-            draining: *self.draining.borrow(),
-            at: Some(pyti::grpc::now_timestamp()),
-        }
+                },
+            )
+        })
+        .collect();
+    for slot in slots {
+        let Some(entry) = platforms.get_mut(slot.platform.as_str()) else {
+            continue;
+        };
+        entry.total += 1;
+        let counter = match slot.state {
+            SlotState::Ready => &mut entry.ready,
+            SlotState::Preparing => &mut entry.preparing,
+            SlotState::Running => &mut entry.running,
+            SlotState::Collecting => &mut entry.collecting,
+            SlotState::RollingBack => &mut entry.rolling_back,
+            SlotState::Broken => &mut entry.broken,
+        };
+        *counter += 1;
+    }
+    if draining {
+        platforms.values_mut().for_each(|p| p.ready = 0);
+    }
+    proto::Capacity {
+        worker_id: config.worker_id.clone(),
+        platforms: platforms.into_values().collect(),
+        draining,
+        at: Some(pyti::grpc::now_timestamp()),
+    }
+}
+
+fn vm_info(slot: SlotInfo) -> proto::VmInfo {
+    let state = match slot.state {
+        SlotState::Ready => proto::VmState::Ready,
+        SlotState::Preparing => proto::VmState::Preparing,
+        SlotState::Running => proto::VmState::Running,
+        SlotState::Collecting => proto::VmState::Collecting,
+        SlotState::RollingBack => proto::VmState::RollingBack,
+        SlotState::Broken => proto::VmState::Broken,
+    };
+    proto::VmInfo {
+        name: slot.name,
+        platform: slot.platform,
+        state: state as i32,
+        job_id: slot.job_id.unwrap_or_default(),
+        since: Some(prost_types::Timestamp::from(slot.since)),
+        error: slot.error.unwrap_or_default(),
     }
 }
 
@@ -100,9 +136,14 @@ impl WorkerControl for ControlService {
         _request: Request<proto::WatchCapacityRequest>,
     ) -> Result<Response<Self::WatchCapacityStream>, Status> {
         let service = self.clone();
-        let changes = WatchStream::new(self.draining.subscribe());
+        let slot_changes = WatchStream::new(self.pool.watch()).map(|_| ());
+        // The first item of each watch stream is the current value; skip the drain
+        // stream's so a watcher gets one initial message.
+        let drain_changes = WatchStream::from_changes(self.draining.subscribe()).map(|_| ());
         let stream = futures_util::StreamExt::take_until(
-            changes.map(move |_| Ok(service.capacity_message())),
+            slot_changes
+                .merge(drain_changes)
+                .map(move |()| Ok(service.capacity_message())),
             self.shutdown.clone().cancelled_owned(),
         );
         Ok(Response::new(Box::pin(stream)))
@@ -110,11 +151,17 @@ impl WorkerControl for ControlService {
 
     async fn list_vms(
         &self,
-        _request: Request<proto::ListVmsRequest>,
+        request: Request<proto::ListVmsRequest>,
     ) -> Result<Response<proto::ListVmsResponse>, Status> {
-        Err(Status::unimplemented(
-            "ListVms: this worker does not manage VM slots yet; GetCapacity shows the configured ones",
-        ))
+        let platform = request.into_inner().platform;
+        let vms = self
+            .pool
+            .slots()
+            .into_iter()
+            .filter(|s| platform.is_empty() || s.platform == platform)
+            .map(vm_info)
+            .collect();
+        Ok(Response::new(proto::ListVmsResponse { vms }))
     }
 
     async fn cancel_job(
@@ -122,7 +169,7 @@ impl WorkerControl for ControlService {
         request: Request<proto::WorkerCancelJobRequest>,
     ) -> Result<Response<proto::WorkerCancelJobResponse>, Status> {
         Err(Status::unimplemented(format!(
-            "CancelJob {}: this worker does not run jobs yet",
+            "CancelJob {}: this worker does not take jobs from the farm yet",
             request.get_ref().job_id
         )))
     }
@@ -133,9 +180,15 @@ impl WorkerControl for ControlService {
     ) -> Result<Response<proto::DrainResponse>, Status> {
         self.draining.send_replace(true);
         tracing::info!(worker_id = %self.config.worker_id, "Draining: taking no new work");
+        let capacity = self.capacity_message();
+        let running = capacity
+            .platforms
+            .iter()
+            .map(|p| p.preparing + p.running + p.collecting)
+            .sum();
         Ok(Response::new(proto::DrainResponse {
-            capacity: Some(self.capacity_message()),
-            running: 0,
+            capacity: Some(capacity),
+            running,
         }))
     }
 }

@@ -6,6 +6,15 @@ pub enum Error {
     /// Configuration or job model error from the shared crate.
     #[error(transparent)]
     Model(#[from] pyti::Error),
+    /// A libvirt or VM operation failed.
+    #[error(transparent)]
+    Vm(#[from] crate::vms::VmError),
+    /// The VM slot pool refused a change.
+    #[error(transparent)]
+    Slot(#[from] crate::stateofvm::SlotError),
+    /// Building or finding a guest image failed.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),

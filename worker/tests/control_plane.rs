@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use pyti::config::IniFile;
 use pyti::proto::worker_control_client::WorkerControlClient;
-use pyti::proto::{DrainRequest, GetCapacityRequest, WatchCapacityRequest, WorkerCancelJobRequest};
+use pyti::proto::{
+    DrainRequest, GetCapacityRequest, ListVmsRequest, VmState, WatchCapacityRequest,
+    WorkerCancelJobRequest,
+};
 use pyti_worker::config::WorkerConfig;
 use pyti_worker::control::ControlService;
+use pyti_worker::stateofvm::SlotPool;
 use tokio_stream::StreamExt;
 
 const CONFIG: &str = "[config]\nworker_id = w1\ntotal_vms = 3\n\n[platform linux-debian]\nvms = 2\nvariants = python3.11\n\n[platform linux-other]\nvms = 1\n";
@@ -26,7 +30,9 @@ async fn start_worker() -> (
     let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        pyti_worker::control::serve(ControlService::new(config), listener, async {
+        let pool = SlotPool::new(config.slot_names()).unwrap();
+        let control = ControlService::new(config, pool);
+        pyti_worker::control::serve(control, listener, async {
             let _ = stopped.await;
         })
         .await
@@ -63,6 +69,20 @@ async fn capacity_comes_from_the_configuration_and_drain_reaches_watchers() {
         ]
     );
     assert!(!capacity.draining);
+
+    let vms = client
+        .list_vms(ListVmsRequest {
+            platform: "linux-debian".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .vms;
+    let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["pyti-w1-linux-debian-0", "pyti-w1-linux-debian-1"]);
+    assert!(vms
+        .iter()
+        .all(|v| v.state == VmState::Ready as i32 && v.job_id.is_empty()));
 
     let mut watch = client
         .watch_capacity(WatchCapacityRequest {})
