@@ -1,1 +1,3 @@
-//! x
+//! PyTI worker library.
+
+pub mod pypidownload;
