@@ -145,6 +145,19 @@ impl Cache {
         self.read(&Self::page_path(index_url, project))
     }
 
+    /// The newest cached page of the project from any index. Used when the configured
+    /// index cannot answer: files are still verified by the sha256 the page lists, so a
+    /// page from another index (typically the same index under another URL) is safe.
+    pub fn page_from_any_index(&self, project: &str) -> Option<Vec<u8>> {
+        let pages = std::fs::read_dir(self.root.join("pages")).ok()?;
+        let newest = pages
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.path().join(format!("{project}.json")))
+            .filter_map(|path| Some((path.metadata().ok()?.modified().ok()?, path)))
+            .max_by_key(|(modified, _)| *modified)?;
+        std::fs::read(newest.1).ok()
+    }
+
     /// Stores a project page fetched from this index.
     pub fn put_page(&self, index_url: &str, project: &str, bytes: &[u8]) -> Result<()> {
         self.write_atomic(&Self::page_path(index_url, project), bytes)
@@ -175,6 +188,8 @@ mod tests {
         cache.put_page("https://pypi.org/simple", "a", b"{}").unwrap();
         assert_eq!(cache.page("https://pypi.org/simple", "a").unwrap(), b"{}");
         assert!(cache.page("https://mirror/simple", "a").is_none());
+        assert_eq!(cache.page_from_any_index("a").unwrap(), b"{}");
+        assert!(cache.page_from_any_index("b").is_none());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 

@@ -189,6 +189,12 @@ impl IndexClient {
         }
     }
 
+    fn cached_page(&self, project: &str) -> Option<Vec<u8>> {
+        self.cache
+            .page(&self.index_key, project)
+            .or_else(|| self.cache.page_from_any_index(project))
+    }
+
     /// The project page (PEP 691), from memory, the network, or the cache as the mode says.
     pub async fn project_page(&self, project: &str) -> Result<Arc<ProjectPage>> {
         if let Some(page) = self.pages.lock().expect("not poisoned").get(project) {
@@ -197,8 +203,7 @@ impl IndexClient {
         let url = self.page_url(project);
         let bytes = match self.mode {
             Mode::CacheOnly => self
-                .cache
-                .page(&self.index_key, project)
+                .cached_page(project)
                 .ok_or_else(|| Error::NotCached(format!("project page of {project}")))?,
             Mode::Online => match self.fetch(project, &url, true).await {
                 Ok(Fetched::Found(bytes)) => {
@@ -211,7 +216,7 @@ impl IndexClient {
                         index: self.index_key.clone(),
                     })
                 }
-                Err(error @ Error::IndexUnreachable { .. }) => match self.cache.page(&self.index_key, project) {
+                Err(error @ Error::IndexUnreachable { .. }) => match self.cached_page(project) {
                     Some(bytes) => {
                         tracing::warn!(project, %error, "index unreachable, using the cached project page");
                         self.stale_pages.lock().expect("not poisoned").push(project.to_string());

@@ -91,7 +91,7 @@ impl Request {
 }
 
 /// Why a file is in the set, which decides its directory on the IO disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The distribution under test, as installed (`dist/`).

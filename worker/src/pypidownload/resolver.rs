@@ -294,7 +294,9 @@ impl DependencyProvider for Provider {
         let mut constraints = DependencyConstraints::default();
         match package {
             Package::Root(label) => {
-                self.add_requirements(label, &self.input.requirements, &[], &mut constraints)?;
+                // Not a project name, so the request never counts as depending on itself.
+                let parent = format!("request {label}");
+                self.add_requirements(&parent, &self.input.requirements, &[], &mut constraints)?;
             }
             Package::Project(name) => match self.requirements_of(name, version)? {
                 Some(requirements) => self.add_requirements(name, &requirements, &[], &mut constraints)?,
