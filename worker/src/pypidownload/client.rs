@@ -214,6 +214,7 @@ impl IndexClient {
                     return Err(Error::ProjectNotFound {
                         project: project.to_string(),
                         index: self.index_key.clone(),
+                        required_by: None,
                     })
                 }
                 Err(error @ Error::IndexUnreachable { .. }) => match self.cached_page(project) {

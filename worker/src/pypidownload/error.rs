@@ -7,12 +7,17 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The index has no page for the project.
-    #[error("project {project:?} was not found on the index {index} (check the spelling)")]
+    #[error(
+        "project {project:?}{} was not found on the index {index} (check the spelling)",
+        required_by.as_ref().map(|by| format!(" (required by {by})")).unwrap_or_default()
+    )]
     ProjectNotFound {
         /// Normalised project name.
         project: String,
         /// Index URL or directory asked.
         index: String,
+        /// The release that depends on it, when it is not the request itself.
+        required_by: Option<String>,
     },
 
     /// No release matches the requested version.

@@ -119,6 +119,7 @@ struct Provider {
     unknown: RefCell<BTreeSet<String>>,
     prefetches: Mutex<JoinSet<()>>,
     prefetched: RefCell<BTreeSet<String>>,
+    required_by: RefCell<HashMap<String, String>>,
 }
 
 impl Provider {
@@ -175,6 +176,7 @@ impl Provider {
     fn add_requirements(
         &self,
         parent: &str,
+        parent_version: Option<&Version>,
         requirements: &[Requirement<VerbatimUrl>],
         extras: &[ExtraName],
         constraints: &mut DependencyConstraints<Package, Ranges<Version>>,
@@ -195,6 +197,12 @@ impl Provider {
                     })
                 }
             };
+            if let Some(version) = parent_version {
+                self.required_by
+                    .borrow_mut()
+                    .entry(name.clone())
+                    .or_insert_with(|| format!("{parent} {version}"));
+            }
             let mut packages = vec![Package::Project(name.clone())];
             packages.extend(
                 requirement
@@ -279,10 +287,15 @@ impl DependencyProvider for Provider {
     fn choose_version(&self, package: &Package, range: &Ranges<Version>) -> Result<Option<Version>> {
         match package {
             Package::Root(_) => Ok(Some(Version::new([0]))),
-            Package::Project(name) | Package::Extra(name, _) => Ok(self
-                .releases(name)?
-                .choose(range)
-                .map(|(release, _)| release.version.clone())),
+            Package::Project(name) | Package::Extra(name, _) => match self.releases(name) {
+                Ok(releases) => Ok(releases.choose(range).map(|(release, _)| release.version.clone())),
+                Err(Error::ProjectNotFound { project, index, .. }) => Err(Error::ProjectNotFound {
+                    required_by: self.required_by.borrow().get(&project).cloned(),
+                    project,
+                    index,
+                }),
+                Err(error) => Err(error),
+            },
         }
     }
 
@@ -296,10 +309,12 @@ impl DependencyProvider for Provider {
             Package::Root(label) => {
                 // Not a project name, so the request never counts as depending on itself.
                 let parent = format!("request {label}");
-                self.add_requirements(&parent, &self.input.requirements, &[], &mut constraints)?;
+                self.add_requirements(&parent, None, &self.input.requirements, &[], &mut constraints)?;
             }
             Package::Project(name) => match self.requirements_of(name, version)? {
-                Some(requirements) => self.add_requirements(name, &requirements, &[], &mut constraints)?,
+                Some(requirements) => {
+                    self.add_requirements(name, Some(version), &requirements, &[], &mut constraints)?
+                }
                 None => return Ok(Dependencies::Unavailable("its metadata cannot be read".into())),
             },
             Package::Extra(name, extra) => {
@@ -311,7 +326,7 @@ impl DependencyProvider for Provider {
                 })?;
                 match self.requirements_of(name, version)? {
                     Some(requirements) => {
-                        self.add_requirements(name, &requirements, &[extra_name], &mut constraints)?
+                        self.add_requirements(name, Some(version), &requirements, &[extra_name], &mut constraints)?
                     }
                     None => return Ok(Dependencies::Unavailable("its metadata cannot be read".into())),
                 }
@@ -340,6 +355,7 @@ pub fn resolve_blocking(
         unknown: RefCell::new(BTreeSet::new()),
         prefetches: Mutex::new(JoinSet::new()),
         prefetched: RefCell::new(BTreeSet::new()),
+        required_by: RefCell::new(HashMap::new()),
     };
     for requirement in &provider.input.requirements {
         provider.prefetch(&normalize_name(requirement.name.as_ref()));
