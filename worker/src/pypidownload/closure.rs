@@ -41,6 +41,9 @@ pub struct Request {
     pub tools: Vec<String>,
     /// Requirements learnt by a guest pass for releases with unknown metadata.
     pub overrides: Vec<RequirementsOverride>,
+    /// Whether to fetch the distribution's sdist too (for its tests and sources) when it
+    /// installs from a wheel. Default: true.
+    pub include_sources: bool,
     /// Files downloaded at once. Default: 8.
     pub parallel_downloads: usize,
 }
@@ -53,6 +56,7 @@ impl Request {
             index_url: PYPI_SIMPLE.to_string(),
             tools: DEFAULT_TOOLS.iter().map(|t| t.to_string()).collect(),
             overrides: Vec::new(),
+            include_sources: true,
             parallel_downloads: 8,
         }
     }
@@ -238,6 +242,7 @@ async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: 
         .collect();
     let sources = match root.file.kind() {
         FileKind::Sdist => None,
+        _ if !request.include_sources => None,
         _ => {
             let sdists = release_files.iter().filter(|file| file.kind() == FileKind::Sdist);
             best_file(sdists, &TagRanking::new(target), &target.python_version(), true).cloned()
