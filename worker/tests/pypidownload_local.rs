@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pyti_worker::pypidownload::{resolve_and_download, Cache, Error, Request, RequirementsOverride, ResolvedSet, TargetEnv};
+use pyti_worker::pypidownload::{
+    resolve_and_download, Cache, Error, Request, RequirementsOverride, ResolvedSet, TargetEnv,
+};
 use sha2::{Digest, Sha256};
 
 /// A PEP 691 index directory: `<root>/<name>/index.json` plus the files beside it.
@@ -41,7 +43,14 @@ impl LocalIndex {
         self.root.path().display().to_string()
     }
 
-    fn add_file(&mut self, project: &str, filename: &str, bytes: &[u8], metadata: Option<&str>, options: &FileOptions) {
+    fn add_file(
+        &mut self,
+        project: &str,
+        filename: &str,
+        bytes: &[u8],
+        metadata: Option<&str>,
+        options: &FileOptions,
+    ) {
         let dir = self.root.path().join(project);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(filename), bytes).unwrap();
@@ -52,7 +61,8 @@ impl LocalIndex {
         let mut entry = serde_json::json!({"filename": filename, "url": filename, "hashes": {"sha256": sha256}});
         if let (true, Some(metadata)) = (options.serve_metadata, metadata) {
             std::fs::write(dir.join(format!("{filename}.metadata")), metadata).unwrap();
-            entry["core-metadata"] = serde_json::json!({"sha256": hex::encode(Sha256::digest(metadata.as_bytes()))});
+            entry["core-metadata"] =
+                serde_json::json!({"sha256": hex::encode(Sha256::digest(metadata.as_bytes()))});
         }
         if let Some(reason) = options.yanked {
             entry["yanked"] = serde_json::json!(reason);
@@ -60,11 +70,21 @@ impl LocalIndex {
         if let Some(requires) = options.requires_python {
             entry["requires-python"] = serde_json::json!(requires);
         }
-        self.projects.entry(project.to_string()).or_default().push(entry);
+        self.projects
+            .entry(project.to_string())
+            .or_default()
+            .push(entry);
     }
 
     /// A wheel whose METADATA has `requires` lines (Requires-Dist, Provides-Extra…).
-    fn wheel(&mut self, project: &str, version: &str, tag: &str, requires: &[&str], options: &FileOptions) {
+    fn wheel(
+        &mut self,
+        project: &str,
+        version: &str,
+        tag: &str,
+        requires: &[&str],
+        options: &FileOptions,
+    ) {
         let metadata = format!(
             "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\nLicense: MIT\n{}\n\nreadme\n",
             requires.iter().map(|line| format!("{line}\n")).collect::<String>()
@@ -74,9 +94,16 @@ impl LocalIndex {
         {
             let mut zip = zip::ZipWriter::new(std::io::Cursor::new(&mut bytes));
             let file_options = zip::write::SimpleFileOptions::default();
-            zip.start_file(format!("{}/__init__.py", project.replace('-', "_")), file_options).unwrap();
-            zip.start_file(format!("{}-{version}.dist-info/METADATA", project.replace('-', "_")), file_options)
-                .unwrap();
+            zip.start_file(
+                format!("{}/__init__.py", project.replace('-', "_")),
+                file_options,
+            )
+            .unwrap();
+            zip.start_file(
+                format!("{}-{version}.dist-info/METADATA", project.replace('-', "_")),
+                file_options,
+            )
+            .unwrap();
             zip.write_all(metadata.as_bytes()).unwrap();
             zip.finish().unwrap();
         }
@@ -100,7 +127,11 @@ impl LocalIndex {
                 header.set_mode(0o644);
                 header.set_cksum();
                 builder
-                    .append_data(&mut header, format!("{project}-{version}/{name}"), text.as_bytes())
+                    .append_data(
+                        &mut header,
+                        format!("{project}-{version}/{name}"),
+                        text.as_bytes(),
+                    )
                     .unwrap();
             }
             builder.into_inner().unwrap().finish().unwrap();
@@ -115,7 +146,11 @@ impl LocalIndex {
     fn write(&self) {
         for (project, files) in &self.projects {
             let page = serde_json::json!({"meta": {"api-version": "1.1"}, "name": project, "files": files});
-            std::fs::write(self.root.path().join(project).join("index.json"), page.to_string()).unwrap();
+            std::fs::write(
+                self.root.path().join(project).join("index.json"),
+                page.to_string(),
+            )
+            .unwrap();
         }
     }
 }
@@ -143,8 +178,20 @@ fn fixture_index() -> LocalIndex {
         serve_metadata: false,
         ..PLAIN
     };
-    index.wheel("beta", "2.0", "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64", &[], &no_metadata);
-    index.wheel("beta", "2.0", "cp312-cp312-manylinux_2_17_x86_64", &[], &PLAIN);
+    index.wheel(
+        "beta",
+        "2.0",
+        "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64",
+        &[],
+        &no_metadata,
+    );
+    index.wheel(
+        "beta",
+        "2.0",
+        "cp312-cp312-manylinux_2_17_x86_64",
+        &[],
+        &PLAIN,
+    );
     let new_python = FileOptions {
         requires_python: Some(">=3.12"),
         ..PLAIN
@@ -160,9 +207,21 @@ fn fixture_index() -> LocalIndex {
     };
     index.wheel("yanky", "1.0", any, &[], &yanked);
     index.wheel("winonly", "1.0", "cp311-cp311-win_amd64", &[], &PLAIN);
-    index.wheel("conflict", "1.0", any, &["Requires-Dist: beta<2", "Requires-Dist: gamma"], &PLAIN);
+    index.wheel(
+        "conflict",
+        "1.0",
+        any,
+        &["Requires-Dist: beta<2", "Requires-Dist: gamma"],
+        &PLAIN,
+    );
     index.wheel("gamma", "1.0", any, &["Requires-Dist: beta>=2"], &PLAIN);
-    index.wheel("needsmissing", "1.0", any, &["Requires-Dist: nosuchdep>=1"], &PLAIN);
+    index.wheel(
+        "needsmissing",
+        "1.0",
+        any,
+        &["Requires-Dist: nosuchdep>=1"],
+        &PLAIN,
+    );
     let tampered = FileOptions {
         wrong_hash: true,
         serve_metadata: false,
@@ -175,7 +234,12 @@ fn fixture_index() -> LocalIndex {
         "Metadata-Version: 2.2\nName: srcpkg\nVersion: 1.0\nRequires-Dist: beta<2\n",
         Some("[build-system]\nrequires = [\"flit_core>=3.2\"]\nbuild-backend = \"flit_core.buildapi\"\n"),
     );
-    index.sdist("oldsrc", "1.0", "Metadata-Version: 1.1\nName: oldsrc\nVersion: 1.0\n", None);
+    index.sdist(
+        "oldsrc",
+        "1.0",
+        "Metadata-Version: 1.1\nName: oldsrc\nVersion: 1.0\n",
+        None,
+    );
     index.wheel("setuptools", "70.0.0", any, &[], &PLAIN);
     index.wheel("wheel", "0.43.0", any, &[], &PLAIN);
     index.write();
@@ -209,7 +273,9 @@ impl Fixture {
     }
 
     async fn fails(&self, requirement: &str) -> Error {
-        self.resolve(&self.request(requirement)).await.expect_err(requirement)
+        self.resolve(&self.request(requirement))
+            .await
+            .expect_err(requirement)
     }
 }
 
@@ -229,14 +295,37 @@ async fn extras_markers_requires_python_and_tags_shape_the_closure() {
     let fixture = fixture();
     let plain = fixture.resolve(&fixture.request("alpha")).await.unwrap();
     assert_eq!(closure(&plain), set_of(&["alpha==2.0", "beta==2.0"]));
-    let beta = plain.dependencies.iter().find(|f| f.name == "beta").unwrap();
-    assert_eq!(beta.filename, "beta-2.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl");
-    assert_eq!(plain.tools.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), vec!["toolx"]);
+    let beta = plain
+        .dependencies
+        .iter()
+        .find(|f| f.name == "beta")
+        .unwrap();
+    assert_eq!(
+        beta.filename,
+        "beta-2.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    );
+    assert_eq!(
+        plain
+            .tools
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["toolx"]
+    );
 
-    let fast = fixture.resolve(&fixture.request("alpha[fast]")).await.unwrap();
-    assert_eq!(closure(&fast), set_of(&["alpha==2.0", "beta==2.0", "delta==1.0"]));
+    let fast = fixture
+        .resolve(&fixture.request("alpha[fast]"))
+        .await
+        .unwrap();
+    assert_eq!(
+        closure(&fast),
+        set_of(&["alpha==2.0", "beta==2.0", "delta==1.0"])
+    );
 
-    let old = fixture.resolve(&fixture.request("alpha==1.0")).await.unwrap();
+    let old = fixture
+        .resolve(&fixture.request("alpha==1.0"))
+        .await
+        .unwrap();
     assert_eq!(closure(&old), set_of(&["alpha==1.0", "beta==2.0"]));
 }
 
@@ -249,7 +338,10 @@ async fn sdists_follow_pep_643_and_bring_their_build_backends() {
     let tools: BTreeSet<&str> = modern.tools.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(tools, BTreeSet::from(["flit-core", "toolx"]));
 
-    let old = fixture.resolve(&fixture.request("oldsrc==1.0")).await.unwrap();
+    let old = fixture
+        .resolve(&fixture.request("oldsrc==1.0"))
+        .await
+        .unwrap();
     assert_eq!(closure(&old), set_of(&["oldsrc==1.0"]));
     assert_eq!(old.requirements_unknown, vec!["oldsrc==1.0"]);
     let tools: BTreeSet<&str> = old.tools.iter().map(|f| f.name.as_str()).collect();
@@ -271,13 +363,18 @@ async fn sdists_follow_pep_643_and_bring_their_build_backends() {
 async fn yanked_files_are_used_only_when_pinned() {
     let fixture = fixture();
     match fixture.fails("yanky").await {
-        Error::OnlyYanked { project, versions, .. } => {
+        Error::OnlyYanked {
+            project, versions, ..
+        } => {
             assert_eq!(project, "yanky");
             assert_eq!(versions, "1.0");
         }
         other => panic!("{other}"),
     }
-    let pinned = fixture.resolve(&fixture.request("yanky==1.0")).await.unwrap();
+    let pinned = fixture
+        .resolve(&fixture.request("yanky==1.0"))
+        .await
+        .unwrap();
     assert!(pinned.metadata.yanked);
     assert_eq!(pinned.metadata.yanked_reason.as_deref(), Some("broken"));
 }
@@ -288,11 +385,18 @@ async fn every_error_names_the_project_and_the_request() {
     let text = |error: &Error| error.to_string();
 
     let error = fixture.fails("missing").await;
-    assert!(matches!(&error, Error::ProjectNotFound { project, .. } if project == "missing"), "{error}");
+    assert!(
+        matches!(&error, Error::ProjectNotFound { project, .. } if project == "missing"),
+        "{error}"
+    );
 
     let error = fixture.fails("alpha==9.0").await;
     match &error {
-        Error::VersionNotFound { project, requested, nearest } => {
+        Error::VersionNotFound {
+            project,
+            requested,
+            nearest,
+        } => {
             assert_eq!(project, "alpha");
             assert_eq!(requested, "==9.0");
             assert_eq!(nearest, &vec!["2.0".to_string(), "1.0".to_string()]);
@@ -301,42 +405,76 @@ async fn every_error_names_the_project_and_the_request() {
     }
 
     let error = fixture.fails("winonly").await;
-    assert!(matches!(&error, Error::NoFileForPlatform { project, .. } if project == "winonly"), "{error}");
-    assert!(text(&error).contains("winonly-1.0-cp311-cp311-win_amd64.whl"), "{error}");
+    assert!(
+        matches!(&error, Error::NoFileForPlatform { project, .. } if project == "winonly"),
+        "{error}"
+    );
+    assert!(
+        text(&error).contains("winonly-1.0-cp311-cp311-win_amd64.whl"),
+        "{error}"
+    );
 
     let error = fixture.fails("beta==3.0").await;
     assert!(text(&error).contains("Requires-Python >=3.12"), "{error}");
 
     let error = fixture.fails("conflict").await;
     match &error {
-        Error::ResolutionImpossible { request, explanation } => {
+        Error::ResolutionImpossible {
+            request,
+            explanation,
+        } => {
             assert_eq!(request, "conflict");
-            assert!(explanation.contains("beta") && explanation.contains("gamma"), "{explanation}");
+            assert!(
+                explanation.contains("beta") && explanation.contains("gamma"),
+                "{explanation}"
+            );
         }
         other => panic!("{other}"),
     }
 
     let error = fixture.fails("needsmissing").await;
-    assert!(matches!(&error, Error::ProjectNotFound { project, .. } if project == "nosuchdep"), "{error}");
-    assert!(text(&error).contains("required by needsmissing 1.0"), "{error}");
+    assert!(
+        matches!(&error, Error::ProjectNotFound { project, .. } if project == "nosuchdep"),
+        "{error}"
+    );
+    assert!(
+        text(&error).contains("required by needsmissing 1.0"),
+        "{error}"
+    );
 
     let error = fixture.fails("tampered").await;
-    assert!(matches!(&error, Error::HashMismatch { project, .. } if project == "tampered"), "{error}");
-    assert_eq!(std::fs::read_dir(fixture.cache_dir.path().join("tmp")).unwrap().count(), 0);
+    assert!(
+        matches!(&error, Error::HashMismatch { project, .. } if project == "tampered"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_dir(fixture.cache_dir.path().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     // With an empty cache: a filled one would stand in for the unreachable index.
     let empty_cache_dir = tempfile::tempdir().unwrap();
     let empty_cache = Cache::open(empty_cache_dir.path()).unwrap();
-    let unreachable = fixture.request("alpha").with_index("http://127.0.0.1:9/simple");
+    let unreachable = fixture
+        .request("alpha")
+        .with_index("http://127.0.0.1:9/simple");
     let error = resolve_and_download(&unreachable, &TargetEnv::default(), &empty_cache, None)
         .await
         .expect_err("nothing listens on port 9");
-    assert!(matches!(&error, Error::IndexUnreachable { project, .. } if project == "alpha"), "{error}");
+    assert!(
+        matches!(&error, Error::IndexUnreachable { project, .. } if project == "alpha"),
+        "{error}"
+    );
     assert!(error.is_transient());
 
     let error = fixture.fails("alpha @ https://example.org/alpha.whl").await;
     assert!(matches!(error, Error::InvalidRequest { .. }), "{error}");
-    let error = fixture.resolve(&fixture.request("alpha").with_index("/no/such/index")).await.unwrap_err();
+    let error = fixture
+        .resolve(&fixture.request("alpha").with_index("/no/such/index"))
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::InvalidIndex { .. }), "{error}");
 }
 
@@ -344,9 +482,14 @@ async fn every_error_names_the_project_and_the_request() {
 async fn a_pinned_request_replays_from_the_cache_and_lands_in_the_destination() {
     let fixture = fixture();
     let dest = tempfile::tempdir().unwrap();
-    let first = resolve_and_download(&fixture.request("alpha==2.0"), &TargetEnv::default(), &fixture.cache, Some(dest.path()))
-        .await
-        .unwrap();
+    let first = resolve_and_download(
+        &fixture.request("alpha==2.0"),
+        &TargetEnv::default(),
+        &fixture.cache,
+        Some(dest.path()),
+    )
+    .await
+    .unwrap();
     assert!(!first.offline);
     assert!(first.files().all(|f| !f.from_cache));
     let placed: BTreeSet<PathBuf> = first.files().map(|f| f.path.clone().unwrap()).collect();
@@ -362,13 +505,88 @@ async fn a_pinned_request_replays_from_the_cache_and_lands_in_the_destination() 
 
     // Remove the index: the pinned request must not need it any more.
     std::fs::remove_dir_all(fixture.index.root.path().join("alpha")).unwrap();
-    let again = resolve_and_download(&fixture.request("alpha==2.0"), &TargetEnv::default(), &fixture.cache, Some(dest.path()))
-        .await
-        .unwrap();
+    let again = resolve_and_download(
+        &fixture.request("alpha==2.0"),
+        &TargetEnv::default(),
+        &fixture.cache,
+        Some(dest.path()),
+    )
+    .await
+    .unwrap();
     assert!(again.offline);
     assert!(again.files().all(|f| f.from_cache));
     assert_eq!(closure(&again), closure(&first));
     for path in expected {
         assert!(Path::new(&path).is_file(), "{path:?}");
     }
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    download: pyti_worker::pypidownload::cli::DownloadArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_download_command_fills_the_cache_and_the_destination() {
+    use clap::Parser;
+    let fixture = fixture();
+    let dest = tempfile::tempdir().unwrap();
+    let dest_arg = dest.path().display().to_string();
+    let index = fixture.index.url();
+    let cli = Cli::try_parse_from([
+        "download",
+        "alpha[fast]==2.0",
+        "--dest",
+        &dest_arg,
+        "--python",
+        "3.11",
+        "--json",
+        "--index-url",
+        &index,
+        "--tool",
+        "toolx",
+    ])
+    .unwrap();
+    assert_eq!(cli.download.tools, vec!["toolx"]);
+    pyti_worker::pypidownload::cli::run(cli.download, fixture.cache_dir.path())
+        .await
+        .unwrap();
+    assert!(dest
+        .path()
+        .join("dist/alpha-2.0-py3-none-any.whl")
+        .is_file());
+    assert!(dest
+        .path()
+        .join("wheels/delta-1.0-py3-none-any.whl")
+        .is_file());
+    assert!(dest
+        .path()
+        .join("tools/toolx-1.0-py3-none-any.whl")
+        .is_file());
+
+    // The table names every file and says where it came from.
+    let mut request = fixture.request("alpha==2.0");
+    request.tools = vec![];
+    let set = fixture.resolve(&request).await.unwrap();
+    let table = pyti_worker::pypidownload::cli::table(&set);
+    assert!(table.lines().next().unwrap().starts_with("role"));
+    assert!(
+        table.contains("alpha-2.0-py3-none-any.whl") && table.contains("cache"),
+        "{table}"
+    );
+    assert!(table.contains("cache only, no network"), "{table}");
+    let bad = Cli::try_parse_from([
+        "download",
+        "alpha",
+        "--python",
+        "three",
+        "--index-url",
+        &index,
+    ])
+    .unwrap();
+    let error = pyti_worker::pypidownload::cli::run(bad.download, fixture.cache_dir.path())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("three"), "{error}");
 }

@@ -45,12 +45,20 @@ fn is_top_level(path: &str, file: &str) -> bool {
 
 /// The build requirements in a `pyproject.toml` text (default when absent).
 pub fn build_requires(pyproject: Option<&str>) -> Result<Vec<String>, String> {
-    let default = || DEFAULT_BUILD_REQUIRES.iter().map(|s| s.to_string()).collect();
+    let default = || {
+        DEFAULT_BUILD_REQUIRES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
     let Some(text) = pyproject else {
         return Ok(default());
     };
     let value: toml::Value = toml::from_str(text).map_err(|e| format!("pyproject.toml: {e}"))?;
-    let Some(requires) = value.get("build-system").and_then(|table| table.get("requires")) else {
+    let Some(requires) = value
+        .get("build-system")
+        .and_then(|table| table.get("requires"))
+    else {
         return Ok(default());
     };
     let list = requires
@@ -58,9 +66,9 @@ pub fn build_requires(pyproject: Option<&str>) -> Result<Vec<String>, String> {
         .ok_or("pyproject.toml: [build-system].requires is not a list")?;
     list.iter()
         .map(|item| {
-            item.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| "pyproject.toml: [build-system].requires holds a non-string".to_string())
+            item.as_str().map(str::to_string).ok_or_else(|| {
+                "pyproject.toml: [build-system].requires holds a non-string".to_string()
+            })
         })
         .collect()
 }
@@ -75,7 +83,11 @@ pub fn read_sdist(path: &Path, filename: &str) -> Result<SdistInfo, String> {
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
         for entry in archive.entries().map_err(|e| e.to_string())? {
             let entry = entry.map_err(|e| e.to_string())?;
-            let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            let name = entry
+                .path()
+                .map_err(|e| e.to_string())?
+                .to_string_lossy()
+                .into_owned();
             if is_top_level(&name, "PKG-INFO") && pkg_info.is_none() {
                 pkg_info = Some(read_capped(entry, &name)?);
             } else if is_top_level(&name, "pyproject.toml") && pyproject.is_none() {
@@ -94,7 +106,9 @@ pub fn read_sdist(path: &Path, filename: &str) -> Result<SdistInfo, String> {
             }
         }
     } else {
-        return Err(format!("unsupported sdist format {filename:?} (only .tar.gz and .zip are read)"));
+        return Err(format!(
+            "unsupported sdist format {filename:?} (only .tar.gz and .zip are read)"
+        ));
     }
     Ok(SdistInfo {
         pkg_info,
@@ -126,7 +140,10 @@ mod tests {
     #[test]
     fn build_requirements_default_to_setuptools() {
         assert_eq!(build_requires(None).unwrap(), DEFAULT_BUILD_REQUIRES);
-        assert_eq!(build_requires(Some("[tool.black]\nx = 1\n")).unwrap(), DEFAULT_BUILD_REQUIRES);
+        assert_eq!(
+            build_requires(Some("[tool.black]\nx = 1\n")).unwrap(),
+            DEFAULT_BUILD_REQUIRES
+        );
         assert_eq!(
             build_requires(Some("[build-system]\nrequires = [\"hatchling>=1.8\"]\nbuild-backend = \"hatchling.build\"\n")).unwrap(),
             vec!["hatchling>=1.8"]
@@ -139,7 +156,10 @@ mod tests {
     fn top_level_means_one_directory_deep() {
         assert!(is_top_level("docopt-0.6.2/PKG-INFO", "PKG-INFO"));
         assert!(is_top_level("./docopt-0.6.2/PKG-INFO", "PKG-INFO"));
-        assert!(!is_top_level("docopt-0.6.2/docopt.egg-info/PKG-INFO", "PKG-INFO"));
+        assert!(!is_top_level(
+            "docopt-0.6.2/docopt.egg-info/PKG-INFO",
+            "PKG-INFO"
+        ));
         assert!(!is_top_level("PKG-INFO", "PKG-INFO"));
     }
 
@@ -148,18 +168,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tar_path = dir.path().join("demo-1.0.tar.gz");
         {
-            let encoder = flate2::write::GzEncoder::new(File::create(&tar_path).unwrap(), flate2::Compression::fast());
+            let encoder = flate2::write::GzEncoder::new(
+                File::create(&tar_path).unwrap(),
+                flate2::Compression::fast(),
+            );
             let mut builder = tar::Builder::new(encoder);
             for (name, text) in [
-                ("demo-1.0/PKG-INFO", "Metadata-Version: 2.2\nName: demo\nVersion: 1.0\n"),
+                (
+                    "demo-1.0/PKG-INFO",
+                    "Metadata-Version: 2.2\nName: demo\nVersion: 1.0\n",
+                ),
                 ("demo-1.0/demo.egg-info/PKG-INFO", "Name: wrong\n"),
-                ("demo-1.0/pyproject.toml", "[build-system]\nrequires = [\"flit_core\"]\n"),
+                (
+                    "demo-1.0/pyproject.toml",
+                    "[build-system]\nrequires = [\"flit_core\"]\n",
+                ),
             ] {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(text.len() as u64);
                 header.set_mode(0o644);
                 header.set_cksum();
-                builder.append_data(&mut header, name, text.as_bytes()).unwrap();
+                builder
+                    .append_data(&mut header, name, text.as_bytes())
+                    .unwrap();
             }
             builder.into_inner().unwrap().finish().unwrap();
         }
@@ -172,11 +203,17 @@ mod tests {
             let mut writer = zip::ZipWriter::new(File::create(&zip_path).unwrap());
             let options = zip::write::SimpleFileOptions::default();
             writer.start_file("demo/__init__.py", options).unwrap();
-            writer.start_file("demo-1.0.dist-info/METADATA", options).unwrap();
-            writer.write_all(b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n").unwrap();
+            writer
+                .start_file("demo-1.0.dist-info/METADATA", options)
+                .unwrap();
+            writer
+                .write_all(b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+                .unwrap();
             writer.finish().unwrap();
         }
-        assert!(read_wheel_metadata(&zip_path).unwrap().contains("Version: 1.0"));
+        assert!(read_wheel_metadata(&zip_path)
+            .unwrap()
+            .contains("Version: 1.0"));
         let sdist_zip = read_sdist(&zip_path, "demo-1.0.zip").unwrap();
         assert_eq!(sdist_zip.pkg_info, None);
         assert_eq!(sdist_zip.build_requires, DEFAULT_BUILD_REQUIRES);

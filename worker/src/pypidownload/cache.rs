@@ -45,7 +45,8 @@ impl Cache {
         let root = root.into();
         for sub in ["blobs/sha256", "metadata", "build", "pages", "tmp"] {
             let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating cache directory", &dir, e))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io("creating cache directory", &dir, e))?;
         }
         Ok(Cache { root })
     }
@@ -74,14 +75,16 @@ impl Cache {
     /// A fresh temporary file inside the cache, for a writer that renames it later.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
         let dir = self.root.join("tmp");
-        tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io("creating temporary file in", &dir, e))
+        tempfile::NamedTempFile::new_in(&dir)
+            .map_err(|e| Error::io("creating temporary file in", &dir, e))
     }
 
     /// Moves a completely written and verified temporary file to the blob's place.
     pub fn commit_blob(&self, temp: tempfile::NamedTempFile, sha256: &str) -> Result<PathBuf> {
         let path = self.blob_path(sha256);
         let parent = path.parent().expect("blob paths have a parent");
-        std::fs::create_dir_all(parent).map_err(|e| Error::io("creating cache directory", parent, e))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io("creating cache directory", parent, e))?;
         temp.persist(&path)
             .map_err(|e| Error::io("moving download into the cache at", &path, e.error))?;
         Ok(path)
@@ -91,7 +94,8 @@ impl Cache {
     fn write_atomic(&self, relative: &Path, bytes: &[u8]) -> Result<()> {
         let path = self.root.join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating cache directory", parent, e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("creating cache directory", parent, e))?;
         }
         let mut temp = self.temp_file()?;
         temp.write_all(bytes)
@@ -117,7 +121,10 @@ impl Cache {
 
     /// Stores core metadata for the distribution with this sha256.
     pub fn put_metadata(&self, dist_sha256: &str, text: &str) -> Result<()> {
-        self.write_atomic(&Path::new("metadata").join(format!("{dist_sha256}.metadata")), text.as_bytes())
+        self.write_atomic(
+            &Path::new("metadata").join(format!("{dist_sha256}.metadata")),
+            text.as_bytes(),
+        )
     }
 
     /// Build requirements stored for the sdist with this sha256.
@@ -132,7 +139,10 @@ impl Cache {
     /// Stores the build requirements of the sdist with this sha256.
     pub fn put_build_requirements(&self, dist_sha256: &str, requirements: &[String]) -> Result<()> {
         let bytes = serde_json::to_vec(requirements).expect("strings serialise");
-        self.write_atomic(&Path::new("build").join(format!("{dist_sha256}.json")), &bytes)
+        self.write_atomic(
+            &Path::new("build").join(format!("{dist_sha256}.json")),
+            &bytes,
+        )
     }
 
     fn page_path(index_url: &str, project: &str) -> PathBuf {
@@ -183,14 +193,21 @@ mod tests {
 
         cache.put_metadata(&hash, "Name: a\n").unwrap();
         assert_eq!(cache.metadata(&hash).as_deref(), Some("Name: a\n"));
-        cache.put_build_requirements(&hash, &["setuptools".into()]).unwrap();
+        cache
+            .put_build_requirements(&hash, &["setuptools".into()])
+            .unwrap();
         assert_eq!(cache.build_requirements(&hash).unwrap(), vec!["setuptools"]);
-        cache.put_page("https://pypi.org/simple", "a", b"{}").unwrap();
+        cache
+            .put_page("https://pypi.org/simple", "a", b"{}")
+            .unwrap();
         assert_eq!(cache.page("https://pypi.org/simple", "a").unwrap(), b"{}");
         assert!(cache.page("https://mirror/simple", "a").is_none());
         assert_eq!(cache.page_from_any_index("a").unwrap(), b"{}");
         assert!(cache.page_from_any_index("b").is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -208,6 +225,9 @@ mod tests {
                 });
             }
         });
-        assert_eq!(sha256_hex(&std::fs::read(cache.blob(&hash).unwrap()).unwrap()), hash);
+        assert_eq!(
+            sha256_hex(&std::fs::read(cache.blob(&hash).unwrap()).unwrap()),
+            hash
+        );
     }
 }

@@ -103,7 +103,12 @@ impl MetadataChecks {
 }
 
 /// Runs every check over a release's metadata, its files and the file chosen for `target`.
-pub fn run_checks(metadata: &CoreMetadata, release_files: &[IndexFile], chosen: &IndexFile, target: &TargetEnv) -> MetadataChecks {
+pub fn run_checks(
+    metadata: &CoreMetadata,
+    release_files: &[IndexFile],
+    chosen: &IndexFile,
+    target: &TargetEnv,
+) -> MetadataChecks {
     let license_classifiers: Vec<&str> = metadata
         .classifiers
         .iter()
@@ -122,15 +127,27 @@ pub fn run_checks(metadata: &CoreMetadata, release_files: &[IndexFile], chosen: 
         .or_else(|| (!license_classifiers.is_empty()).then(|| license_classifiers.join("; ")));
     let license_check = match &license {
         Some(found) => check(CheckStatus::Pass, format!("licence declared: {found}")),
-        None => check(CheckStatus::Warn, "no License-Expression, License or licence classifier"),
+        None => check(
+            CheckStatus::Warn,
+            "no License-Expression, License or licence classifier",
+        ),
     };
 
     let readme_check = if metadata.description_length == 0 {
         check(CheckStatus::Warn, "no long description (readme)")
     } else if metadata.description_content_type.is_none() {
-        check(CheckStatus::Pass, format!("readme of {} bytes without Description-Content-Type (read as reStructuredText)", metadata.description_length))
+        check(
+            CheckStatus::Pass,
+            format!(
+                "readme of {} bytes without Description-Content-Type (read as reStructuredText)",
+                metadata.description_length
+            ),
+        )
     } else {
-        check(CheckStatus::Pass, format!("readme of {} bytes", metadata.description_length))
+        check(
+            CheckStatus::Pass,
+            format!("readme of {} bytes", metadata.description_length),
+        )
     };
 
     let (major, minor) = target.python_minor();
@@ -140,27 +157,50 @@ pub fn run_checks(metadata: &CoreMetadata, release_files: &[IndexFile], chosen: 
         .iter()
         .filter(|c| {
             c.strip_prefix("Programming Language :: Python :: ")
-                .is_some_and(|rest| rest.contains('.') && rest.chars().all(|ch| ch.is_ascii_digit() || ch == '.'))
+                .is_some_and(|rest| {
+                    rest.contains('.') && rest.chars().all(|ch| ch.is_ascii_digit() || ch == '.')
+                })
         })
         .collect();
     let classifiers_check = if metadata.classifiers.is_empty() {
         check(CheckStatus::Warn, "no classifiers")
     } else if !python_versions.is_empty() && !python_versions.contains(&&target_classifier) {
-        check(CheckStatus::Warn, format!("{} classifiers; Python {major}.{minor} is not among the listed versions", metadata.classifiers.len()))
+        check(
+            CheckStatus::Warn,
+            format!(
+                "{} classifiers; Python {major}.{minor} is not among the listed versions",
+                metadata.classifiers.len()
+            ),
+        )
     } else {
-        check(CheckStatus::Pass, format!("{} classifiers", metadata.classifiers.len()))
+        check(
+            CheckStatus::Pass,
+            format!("{} classifiers", metadata.classifiers.len()),
+        )
     };
 
     let python = target.python_version();
     let python_requires_check = match &metadata.requires_python {
         None => check(CheckStatus::Warn, "no Requires-Python"),
         Some(spec) => match spec.parse::<pep440_rs::VersionSpecifiers>() {
-            Err(error) => check(CheckStatus::Warn, format!("Requires-Python {spec:?} does not parse: {error}")),
+            Err(error) => check(
+                CheckStatus::Warn,
+                format!("Requires-Python {spec:?} does not parse: {error}"),
+            ),
             Ok(specifiers) if !specifiers.contains(&python) => check(
                 CheckStatus::Fail,
-                format!("Requires-Python {spec} excludes the guest's Python {}", target.python_full_version),
+                format!(
+                    "Requires-Python {spec} excludes the guest's Python {}",
+                    target.python_full_version
+                ),
             ),
-            Ok(_) => check(CheckStatus::Pass, format!("Requires-Python {spec} accepts Python {}", target.python_full_version)),
+            Ok(_) => check(
+                CheckStatus::Pass,
+                format!(
+                    "Requires-Python {spec} accepts Python {}",
+                    target.python_full_version
+                ),
+            ),
         },
     };
 
@@ -183,15 +223,42 @@ pub fn run_checks(metadata: &CoreMetadata, release_files: &[IndexFile], chosen: 
     let wheel_tags_check = if wheel_tags.is_empty() {
         check(CheckStatus::Warn, "no wheel: the guest builds the sdist")
     } else if !compatible_wheel {
-        check(CheckStatus::Warn, format!("{} wheel tags, none for {}: the guest builds the sdist", wheel_tags.len(), target.describe()))
+        check(
+            CheckStatus::Warn,
+            format!(
+                "{} wheel tags, none for {}: the guest builds the sdist",
+                wheel_tags.len(),
+                target.describe()
+            ),
+        )
     } else if !has_sdist {
-        check(CheckStatus::Warn, "wheels only, no sdist: tests and quality checks have no sources")
+        check(
+            CheckStatus::Warn,
+            "wheels only, no sdist: tests and quality checks have no sources",
+        )
     } else {
-        check(CheckStatus::Pass, format!("{} wheel tags, one fits {}", wheel_tags.len(), target.describe()))
+        check(
+            CheckStatus::Pass,
+            format!(
+                "{} wheel tags, one fits {}",
+                wheel_tags.len(),
+                target.describe()
+            ),
+        )
     };
 
     let yanked_check = if chosen.is_yanked() {
-        check(CheckStatus::Fail, format!("{} is yanked{}", chosen.filename, chosen.yank_reason().map(|r| format!(": {r}")).unwrap_or_default()))
+        check(
+            CheckStatus::Fail,
+            format!(
+                "{} is yanked{}",
+                chosen.filename,
+                chosen
+                    .yank_reason()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        )
     } else {
         check(CheckStatus::Pass, "not yanked")
     };
@@ -226,11 +293,18 @@ mod tests {
     fn files(names: &[(&str, bool)]) -> Vec<IndexFile> {
         let entries: Vec<String> = names
             .iter()
-            .map(|(name, yanked)| format!(r#"{{"filename":"{name}","url":"{name}","yanked":{}}}"#, if *yanked { "\"bad\"" } else { "false" }))
+            .map(|(name, yanked)| {
+                format!(
+                    r#"{{"filename":"{name}","url":"{name}","yanked":{}}}"#,
+                    if *yanked { "\"bad\"" } else { "false" }
+                )
+            })
             .collect();
-        ProjectPage::parse(format!(r#"{{"name":"demo","files":[{}]}}"#, entries.join(",")).as_bytes())
-            .unwrap()
-            .files
+        ProjectPage::parse(
+            format!(r#"{{"name":"demo","files":[{}]}}"#, entries.join(",")).as_bytes(),
+        )
+        .unwrap()
+        .files
     }
 
     #[test]
@@ -241,7 +315,10 @@ Classifier: Programming Language :: Python :: 3.11\nRequires-Python: >=3.9\n\
 Description-Content-Type: text/markdown\n\n# Demo\n",
         )
         .unwrap();
-        let release = files(&[("demo-1.0-py3-none-any.whl", false), ("demo-1.0.tar.gz", false)]);
+        let release = files(&[
+            ("demo-1.0-py3-none-any.whl", false),
+            ("demo-1.0.tar.gz", false),
+        ]);
         let checks = run_checks(&metadata, &release, &release[0], &TargetEnv::default());
         assert_eq!(checks.overall(), CheckStatus::Pass, "{checks:#?}");
         assert_eq!(checks.license.as_deref(), Some("MIT"));
@@ -260,7 +337,10 @@ Classifier: License :: OSI Approved :: MIT License\nClassifier: Programming Lang
         .unwrap();
         let release = files(&[("docopt-0.6.2.tar.gz", true)]);
         let checks = run_checks(&metadata, &release, &release[0], &TargetEnv::default());
-        assert_eq!(checks.license.as_deref(), Some("License :: OSI Approved :: MIT License"));
+        assert_eq!(
+            checks.license.as_deref(),
+            Some("License :: OSI Approved :: MIT License")
+        );
         assert_eq!(checks.readme_check.status, CheckStatus::Warn);
         assert_eq!(checks.classifiers_check.status, CheckStatus::Warn);
         assert_eq!(checks.python_requires_check.status, CheckStatus::Warn);
@@ -272,8 +352,14 @@ Classifier: License :: OSI Approved :: MIT License\nClassifier: Programming Lang
 
     #[test]
     fn requires_python_excluding_the_guest_fails_and_foreign_wheels_warn() {
-        let metadata = CoreMetadata::parse("Name: x\nVersion: 1\nRequires-Python: >=3.12\nLicense: BSD\nClassifier: A\n\nreadme").unwrap();
-        let release = files(&[("x-1-cp312-cp312-win_amd64.whl", false), ("x-1.tar.gz", false)]);
+        let metadata = CoreMetadata::parse(
+            "Name: x\nVersion: 1\nRequires-Python: >=3.12\nLicense: BSD\nClassifier: A\n\nreadme",
+        )
+        .unwrap();
+        let release = files(&[
+            ("x-1-cp312-cp312-win_amd64.whl", false),
+            ("x-1.tar.gz", false),
+        ]);
         let checks = run_checks(&metadata, &release, &release[1], &TargetEnv::default());
         assert_eq!(checks.python_requires_check.status, CheckStatus::Fail);
         assert_eq!(checks.wheel_tags_check.status, CheckStatus::Warn);

@@ -63,7 +63,12 @@ pub fn table(set: &ResolvedSet) -> String {
                 file.version.clone(),
                 file.filename.clone(),
                 file.sha256.clone(),
-                if file.from_cache { "cache" } else { "downloaded" }.to_string(),
+                if file.from_cache {
+                    "cache"
+                } else {
+                    "downloaded"
+                }
+                .to_string(),
             ]
         })
         .collect();
@@ -89,7 +94,11 @@ pub fn table(set: &ResolvedSet) -> String {
         rows.len(),
         set.target.describe(),
         set.index_url,
-        if set.offline { " (cache only, no network)" } else { "" },
+        if set.offline {
+            " (cache only, no network)"
+        } else {
+            ""
+        },
         set.metadata.overall()
     );
     if !set.requirements_unknown.is_empty() {

@@ -4,7 +4,10 @@
 //! each fetch so that a later run can resolve with the index unreachable; metadata and
 //! distribution files are stored by content hash after their sha256 was checked, so
 //! they are fetched at most once per worker. In [`Mode::CacheOnly`] nothing touches the
-//! network and a miss is reported as [`Error::NotCached`].
+//! network and a miss is reported as [`Error::NotCached`]. When the configured index
+//! cannot answer, a page cached from any index stands in (files stay verified by the
+//! sha256 it lists). Concurrent requests for the same page, metadata or file are
+//! answered by one fetch.
 //!
 //! A local index is a directory laid out like the JSON simple API:
 //! `<dir>/<normalized-name>/index.json` holds the PEP 691 page, whose file URLs are
@@ -20,7 +23,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use url::Url;
 
 use super::archive;
@@ -82,6 +85,39 @@ pub struct FileMetadata {
     pub from_sdist: bool,
 }
 
+/// One answer per key, computed once even when several tasks ask at the same time (the
+/// resolver and its prefetches often want the same page or file together). Failures are
+/// not remembered, so a later call tries again.
+#[derive(Debug)]
+struct InFlight<T> {
+    cells: Mutex<HashMap<String, Arc<OnceCell<T>>>>,
+}
+
+impl<T> Default for InFlight<T> {
+    fn default() -> Self {
+        InFlight {
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> InFlight<T> {
+    async fn get_or_try_init<F: std::future::Future<Output = Result<T>>>(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> F,
+    ) -> Result<T> {
+        let cell = self
+            .cells
+            .lock()
+            .expect("not poisoned")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(init).await.cloned()
+    }
+}
+
 /// A client for one index, sharing one cache.
 #[derive(Debug)]
 pub struct IndexClient {
@@ -92,7 +128,9 @@ pub struct IndexClient {
     mode: Mode,
     retry: RetryPolicy,
     downloads: Semaphore,
-    pages: Mutex<HashMap<String, Arc<ProjectPage>>>,
+    pages: InFlight<Arc<ProjectPage>>,
+    metadata: InFlight<FileMetadata>,
+    blobs: InFlight<PathBuf>,
     stale_pages: Mutex<Vec<String>>,
     fetched: Mutex<std::collections::HashSet<String>>,
 }
@@ -122,7 +160,8 @@ impl IndexClient {
                     return Err(invalid("not a directory".into()));
                 }
                 Location::Directory(directory_url(
-                    Url::from_directory_path(&path).map_err(|()| invalid("not an absolute path".into()))?,
+                    Url::from_directory_path(&path)
+                        .map_err(|()| invalid("not an absolute path".into()))?,
                 ))
             }
         };
@@ -143,7 +182,9 @@ impl IndexClient {
             mode,
             retry: RetryPolicy::default(),
             downloads: Semaphore::new(parallel_downloads.max(1)),
-            pages: Mutex::new(HashMap::new()),
+            pages: InFlight::default(),
+            metadata: InFlight::default(),
+            blobs: InFlight::default(),
             stale_pages: Mutex::new(Vec::new()),
             fetched: Mutex::new(Default::default()),
         })
@@ -177,12 +218,17 @@ impl IndexClient {
 
     /// Whether this client downloaded the blob with this sha256 (rather than finding it cached).
     pub fn downloaded_here(&self, sha256: &str) -> bool {
-        self.fetched.lock().expect("not poisoned").contains(&sha256.to_ascii_lowercase())
+        self.fetched
+            .lock()
+            .expect("not poisoned")
+            .contains(&sha256.to_ascii_lowercase())
     }
 
     fn page_url(&self, project: &str) -> Url {
         match &self.location {
-            Location::Http(base) => base.join(&format!("{project}/")).expect("names are URL-safe"),
+            Location::Http(base) => base
+                .join(&format!("{project}/"))
+                .expect("names are URL-safe"),
             Location::Directory(base) => base
                 .join(&format!("{project}/index.json"))
                 .expect("names are URL-safe"),
@@ -197,9 +243,12 @@ impl IndexClient {
 
     /// The project page (PEP 691), from memory, the network, or the cache as the mode says.
     pub async fn project_page(&self, project: &str) -> Result<Arc<ProjectPage>> {
-        if let Some(page) = self.pages.lock().expect("not poisoned").get(project) {
-            return Ok(page.clone());
-        }
+        self.pages
+            .get_or_try_init(project, || self.load_page(project))
+            .await
+    }
+
+    async fn load_page(&self, project: &str) -> Result<Arc<ProjectPage>> {
         let url = self.page_url(project);
         let bytes = match self.mode {
             Mode::CacheOnly => self
@@ -220,7 +269,10 @@ impl IndexClient {
                 Err(error @ Error::IndexUnreachable { .. }) => match self.cached_page(project) {
                     Some(bytes) => {
                         tracing::warn!(project, %error, "index unreachable, using the cached project page");
-                        self.stale_pages.lock().expect("not poisoned").push(project.to_string());
+                        self.stale_pages
+                            .lock()
+                            .expect("not poisoned")
+                            .push(project.to_string());
                         bytes
                     }
                     None => return Err(error),
@@ -233,12 +285,7 @@ impl IndexClient {
             url: url.to_string(),
             reason,
         })?;
-        let page = Arc::new(page);
-        self.pages
-            .lock()
-            .expect("not poisoned")
-            .insert(project.to_string(), page.clone());
-        Ok(page)
+        Ok(Arc::new(page))
     }
 
     /// The absolute URL of a file listed on a project page.
@@ -263,8 +310,19 @@ impl IndexClient {
     /// read from the downloaded archive (which then stays in the cache).
     pub async fn metadata(&self, project: &str, file: &IndexFile) -> Result<FileMetadata> {
         let sha256 = self.file_sha256(project, file)?.to_ascii_lowercase();
+        self.metadata
+            .get_or_try_init(&sha256, || self.load_metadata(project, file, &sha256))
+            .await
+    }
+
+    async fn load_metadata(
+        &self,
+        project: &str,
+        file: &IndexFile,
+        sha256: &str,
+    ) -> Result<FileMetadata> {
         let from_sdist = matches!(file.kind(), FileKind::Sdist);
-        if let Some(text) = self.cache.metadata(&sha256) {
+        if let Some(text) = self.cache.metadata(sha256) {
             return Ok(FileMetadata { text, from_sdist });
         }
         if self.mode == Mode::CacheOnly {
@@ -306,7 +364,8 @@ impl IndexClient {
                 let filename = file.filename.clone();
                 let read = tokio::task::spawn_blocking(move || {
                     if from_sdist {
-                        archive::read_sdist(&path, &filename).map(|info| (info.pkg_info, Some(info.build_requires)))
+                        archive::read_sdist(&path, &filename)
+                            .map(|info| (info.pkg_info, Some(info.build_requires)))
                     } else {
                         archive::read_wheel_metadata(&path).map(|text| (Some(text), None))
                     }
@@ -315,12 +374,13 @@ impl IndexClient {
                 .map_err(|e| invalid(e.to_string()))?
                 .map_err(invalid)?;
                 if let (true, Some(requires)) = (from_sdist, &read.1) {
-                    self.cache.put_build_requirements(&sha256, requires)?;
+                    self.cache.put_build_requirements(sha256, requires)?;
                 }
-                read.0.ok_or_else(|| invalid("the sdist has no top-level PKG-INFO".into()))?
+                read.0
+                    .ok_or_else(|| invalid("the sdist has no top-level PKG-INFO".into()))?
             }
         };
-        self.cache.put_metadata(&sha256, &text)?;
+        self.cache.put_metadata(sha256, &text)?;
         Ok(FileMetadata { text, from_sdist })
     }
 
@@ -341,7 +401,8 @@ impl IndexClient {
                 file: file.filename.clone(),
                 reason,
             })?;
-        self.cache.put_build_requirements(&sha256, &info.build_requires)?;
+        self.cache
+            .put_build_requirements(&sha256, &info.build_requires)?;
         Ok(info.build_requires)
     }
 
@@ -355,28 +416,48 @@ impl IndexClient {
         if self.mode == Mode::CacheOnly {
             return Err(Error::NotCached(file.filename.clone()));
         }
-        let _permit = self.downloads.acquire().await.expect("the semaphore is never closed");
-        if let Some(path) = self.cache.blob(&expected) {
-            return Ok((path, true));
+        let path = self
+            .blobs
+            .get_or_try_init(&expected, || self.fetch_blob(project, file, &expected))
+            .await?;
+        Ok((path, false))
+    }
+
+    async fn fetch_blob(&self, project: &str, file: &IndexFile, expected: &str) -> Result<PathBuf> {
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if let Some(path) = self.cache.blob(expected) {
+            return Ok(path);
         }
         let url = self.file_url(project, file)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.download_once(project, file, &url, &expected).await {
+            match self.download_once(project, file, &url, expected).await {
                 Err(error) if error.is_transient() && attempt < self.retry.attempts => {
                     tracing::warn!(project, file = %file.filename, attempt, %error, "download failed, retrying");
                     tokio::time::sleep(self.retry.first_backoff * 2u32.pow(attempt - 1)).await;
                 }
-                other => return other.map(|path| (path, false)),
+                other => return other,
             }
         }
     }
 
-    async fn download_once(&self, project: &str, file: &IndexFile, url: &Url, expected: &str) -> Result<PathBuf> {
+    async fn download_once(
+        &self,
+        project: &str,
+        file: &IndexFile,
+        url: &Url,
+        expected: &str,
+    ) -> Result<PathBuf> {
         let temp = self.cache.temp_file()?;
         let temp_path = temp.path().to_path_buf();
-        let std_file = temp.reopen().map_err(|e| Error::io("opening", &temp_path, e))?;
+        let std_file = temp
+            .reopen()
+            .map_err(|e| Error::io("opening", &temp_path, e))?;
         let mut writer = tokio::fs::File::from_std(std_file);
         let mut hasher = Sha256::new();
         let write_error = |e| Error::io("writing download to", temp_path.clone(), e);
@@ -420,7 +501,10 @@ impl IndexClient {
             });
         }
         let path = self.cache.commit_blob(temp, expected)?;
-        self.fetched.lock().expect("not poisoned").insert(expected.to_string());
+        self.fetched
+            .lock()
+            .expect("not poisoned")
+            .insert(expected.to_string());
         Ok(path)
     }
 
@@ -429,7 +513,10 @@ impl IndexClient {
         if page {
             request = request.header(reqwest::header::ACCEPT, SIMPLE_JSON);
         }
-        let response = request.send().await.map_err(|e| unreachable_error(project, url, &e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unreachable_error(project, url, &e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(Error::HttpStatus {
@@ -459,12 +546,17 @@ impl IndexClient {
             attempt += 1;
             let result = async {
                 let response = self.send(project, url, page).await?;
-                response.bytes().await.map_err(|e| unreachable_error(project, url, &e))
+                response
+                    .bytes()
+                    .await
+                    .map_err(|e| unreachable_error(project, url, &e))
             }
             .await;
             match result {
                 Ok(bytes) => return Ok(Fetched::Found(bytes.to_vec())),
-                Err(Error::HttpStatus { status: 404 | 410, .. }) => return Ok(Fetched::NotFound),
+                Err(Error::HttpStatus {
+                    status: 404 | 410, ..
+                }) => return Ok(Fetched::NotFound),
                 Err(error) if error.is_transient() && attempt < self.retry.attempts => {
                     tracing::warn!(project, %url, attempt, %error, "index request failed, retrying");
                     tokio::time::sleep(self.retry.first_backoff * 2u32.pow(attempt - 1)).await;

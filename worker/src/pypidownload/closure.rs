@@ -66,7 +66,11 @@ impl Request {
         if project_version.trim().is_empty() {
             Request::new(project_name.trim())
         } else {
-            Request::new(format!("{}=={}", project_name.trim(), project_version.trim()))
+            Request::new(format!(
+                "{}=={}",
+                project_name.trim(),
+                project_version.trim()
+            ))
         }
     }
 
@@ -82,13 +86,21 @@ impl Request {
             request: self.requirement.clone(),
             reason,
         };
-        let requirement = Requirement::<VerbatimUrl>::from_str(self.requirement.trim())
-            .map_err(|e| invalid(format!("not NAME[==VERSION] nor a PEP 508 requirement: {e}")))?;
+        let requirement =
+            Requirement::<VerbatimUrl>::from_str(self.requirement.trim()).map_err(|e| {
+                invalid(format!(
+                    "not NAME[==VERSION] nor a PEP 508 requirement: {e}"
+                ))
+            })?;
         if matches!(requirement.version_or_url, Some(VersionOrUrl::Url(_))) {
-            return Err(invalid("URL requirements are not downloaded from an index".into()));
+            return Err(invalid(
+                "URL requirements are not downloaded from an index".into(),
+            ));
         }
         if !requirement.marker.is_true() {
-            return Err(invalid("markers make no sense on the requested distribution".into()));
+            return Err(invalid(
+                "markers make no sense on the requested distribution".into(),
+            ));
         }
         Ok(requirement)
     }
@@ -189,7 +201,12 @@ impl ResolvedSet {
 
 /// Resolves the request's closure and its tools for `target`, downloads every file into
 /// `cache` and, with a `dest`, places them under `dest/{dist,wheels,tools}/`.
-pub async fn resolve_and_download(request: &Request, target: &TargetEnv, cache: &Cache, dest: Option<&Path>) -> Result<ResolvedSet> {
+pub async fn resolve_and_download(
+    request: &Request,
+    target: &TargetEnv,
+    cache: &Cache,
+    dest: Option<&Path>,
+) -> Result<ResolvedSet> {
     let requirement = request.parsed()?;
     let pinned = match &requirement.version_or_url {
         Some(VersionOrUrl::VersionSpecifier(specifiers)) => pinned_version(specifiers).is_some(),
@@ -199,7 +216,9 @@ pub async fn resolve_and_download(request: &Request, target: &TargetEnv, cache: 
     if pinned {
         match run(request, &requirement, target, cache, Mode::CacheOnly).await {
             Ok(found) => set = Some(found),
-            Err(error) => tracing::debug!(request = %request.requirement, %error, "cache cannot answer, going online"),
+            Err(error) => {
+                tracing::debug!(request = %request.requirement, %error, "cache cannot answer, going online")
+            }
         }
     }
     let mut set = match set {
@@ -212,8 +231,19 @@ pub async fn resolve_and_download(request: &Request, target: &TargetEnv, cache: 
     Ok(set)
 }
 
-async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: &TargetEnv, cache: &Cache, mode: Mode) -> Result<ResolvedSet> {
-    let client = Arc::new(IndexClient::new(&request.index_url, cache.clone(), mode, request.parallel_downloads)?);
+async fn run(
+    request: &Request,
+    requirement: &Requirement<VerbatimUrl>,
+    target: &TargetEnv,
+    cache: &Cache,
+    mode: Mode,
+) -> Result<ResolvedSet> {
+    let client = Arc::new(IndexClient::new(
+        &request.index_url,
+        cache.clone(),
+        mode,
+        request.parallel_downloads,
+    )?);
     let root_name = normalize_name(requirement.name.as_ref());
     let main = resolver::resolve(
         client.clone(),
@@ -244,8 +274,16 @@ async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: 
         FileKind::Sdist => None,
         _ if !request.include_sources => None,
         _ => {
-            let sdists = release_files.iter().filter(|file| file.kind() == FileKind::Sdist);
-            best_file(sdists, &TagRanking::new(target), &target.python_version(), true).cloned()
+            let sdists = release_files
+                .iter()
+                .filter(|file| file.kind() == FileKind::Sdist);
+            best_file(
+                sdists,
+                &TagRanking::new(target),
+                &target.python_version(),
+                true,
+            )
+            .cloned()
         }
     };
 
@@ -260,47 +298,73 @@ async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: 
     }
     let build_requirements = try_join_all(sdists.iter().map(|(name, file)| {
         let client = client.clone();
-        async move { client.build_requirements(name, file).await.map(|requires| (name.clone(), requires)) }
-    }))
-    .await?;
-    let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
-    groups.entry(request.tools.clone()).or_default().push("tools".into());
-    for (name, requires) in build_requirements {
-        groups.entry(requires).or_default().push(format!("build of {name}"));
-    }
-    let tool_resolutions = try_join_all(groups.into_iter().filter(|(requires, _)| !requires.is_empty()).map(|(requires, users)| {
-        let client = client.clone();
-        let overrides = request.overrides.clone();
         async move {
-            let requirements = requires
-                .iter()
-                .map(|line| {
-                    Requirement::<VerbatimUrl>::from_str(line).map_err(|e| Error::InvalidRequest {
-                        request: line.clone(),
-                        reason: format!("tool or build requirement of {}: {e}", users.join(", ")),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            resolver::resolve(
-                client,
-                target,
-                ResolveInput {
-                    label: format!("{} ({})", requires.join(", "), users.join(", ")),
-                    requirements,
-                    explain_top_level: true,
-                    overrides,
-                },
-            )
-            .await
+            client
+                .build_requirements(name, file)
+                .await
+                .map(|requires| (name.clone(), requires))
         }
     }))
     .await?;
+    let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    groups
+        .entry(request.tools.clone())
+        .or_default()
+        .push("tools".into());
+    for (name, requires) in build_requirements {
+        groups
+            .entry(requires)
+            .or_default()
+            .push(format!("build of {name}"));
+    }
+    let tool_resolutions = try_join_all(
+        groups
+            .into_iter()
+            .filter(|(requires, _)| !requires.is_empty())
+            .map(|(requires, users)| {
+                let client = client.clone();
+                let overrides = request.overrides.clone();
+                async move {
+                    let requirements = requires
+                        .iter()
+                        .map(|line| {
+                            Requirement::<VerbatimUrl>::from_str(line).map_err(|e| {
+                                Error::InvalidRequest {
+                                    request: line.clone(),
+                                    reason: format!(
+                                        "tool or build requirement of {}: {e}",
+                                        users.join(", ")
+                                    ),
+                                }
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    resolver::resolve(
+                        client,
+                        target,
+                        ResolveInput {
+                            label: format!("{} ({})", requires.join(", "), users.join(", ")),
+                            requirements,
+                            explain_top_level: true,
+                            overrides,
+                        },
+                    )
+                    .await
+                }
+            }),
+    )
+    .await?;
     let mut tool_packages: BTreeMap<String, ResolvedPackage> = BTreeMap::new();
-    let mut requirements_unknown: BTreeSet<String> = main.requirements_unknown.iter().cloned().collect();
+    let mut requirements_unknown: BTreeSet<String> =
+        main.requirements_unknown.iter().cloned().collect();
     for resolution in tool_resolutions {
         requirements_unknown.extend(resolution.requirements_unknown);
         for package in resolution.packages {
-            let key = package.file.sha256().unwrap_or(&package.file.filename).to_string();
+            let key = package
+                .file
+                .sha256()
+                .unwrap_or(&package.file.filename)
+                .to_string();
             tool_packages.entry(key).or_insert(package);
         }
     }
@@ -327,10 +391,22 @@ async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: 
             })
         }
     };
-    let distribution = fetch(Role::Distribution, root.name.clone(), root.version.to_string(), root.file.clone());
+    let distribution = fetch(
+        Role::Distribution,
+        root.name.clone(),
+        root.version.to_string(),
+        root.file.clone(),
+    );
     let sources_download = async {
         match &sources {
-            Some(file) => fetch(Role::Sources, root.name.clone(), root.version.to_string(), file.clone()).await.map(Some),
+            Some(file) => fetch(
+                Role::Sources,
+                root.name.clone(),
+                root.version.to_string(),
+                file.clone(),
+            )
+            .await
+            .map(Some),
             None => Ok(None),
         }
     };
@@ -338,14 +414,25 @@ async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: 
         main.packages
             .iter()
             .filter(|package| package.name != root_name)
-            .map(|package| fetch(Role::Dependency, package.name.clone(), package.version.to_string(), package.file.clone())),
+            .map(|package| {
+                fetch(
+                    Role::Dependency,
+                    package.name.clone(),
+                    package.version.to_string(),
+                    package.file.clone(),
+                )
+            }),
     );
-    let tools = try_join_all(
-        tool_packages
-            .values()
-            .map(|package| fetch(Role::Tool, package.name.clone(), package.version.to_string(), package.file.clone())),
-    );
-    let (distribution, sources, dependencies, mut tools) = futures_util::try_join!(distribution, sources_download, dependencies, tools)?;
+    let tools = try_join_all(tool_packages.values().map(|package| {
+        fetch(
+            Role::Tool,
+            package.name.clone(),
+            package.version.to_string(),
+            package.file.clone(),
+        )
+    }));
+    let (distribution, sources, dependencies, mut tools) =
+        futures_util::try_join!(distribution, sources_download, dependencies, tools)?;
     tools.sort_by(|a, b| a.name.cmp(&b.name).then(a.filename.cmp(&b.filename)));
 
     let fetched = client.metadata(&root_name, &root.file).await?;
@@ -376,16 +463,26 @@ async fn run(request: &Request, requirement: &Requirement<VerbatimUrl>, target: 
 async fn place(set: &mut ResolvedSet, dest: &Path) -> Result<()> {
     let plan: Vec<(PathBuf, PathBuf)> = set
         .files()
-        .map(|file| (file.cache_path.clone(), dest.join(file.role.directory()).join(&file.filename)))
+        .map(|file| {
+            (
+                file.cache_path.clone(),
+                dest.join(file.role.directory()).join(&file.filename),
+            )
+        })
         .collect();
-    let placed = plan.iter().map(|(_, target)| target.clone()).collect::<Vec<_>>();
+    let placed = plan
+        .iter()
+        .map(|(_, target)| target.clone())
+        .collect::<Vec<_>>();
     tokio::task::spawn_blocking(move || {
         for (source, target) in plan {
             let parent = target.parent().expect("joined paths have a parent");
-            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating destination directory", parent, e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("creating destination directory", parent, e))?;
             let _ = std::fs::remove_file(&target);
             if std::fs::hard_link(&source, &target).is_err() {
-                std::fs::copy(&source, &target).map_err(|e| Error::io("copying into destination", &target, e))?;
+                std::fs::copy(&source, &target)
+                    .map_err(|e| Error::io("copying into destination", &target, e))?;
             }
         }
         Ok::<_, Error>(())
@@ -405,11 +502,22 @@ mod tests {
     #[test]
     fn requests_parse_or_name_the_problem() {
         assert_eq!(Request::from_job("rarfile", "").requirement, "rarfile");
-        assert_eq!(Request::from_job(" rarfile ", "4.2").requirement, "rarfile==4.2");
+        assert_eq!(
+            Request::from_job(" rarfile ", "4.2").requirement,
+            "rarfile==4.2"
+        );
         assert!(Request::new("requests[socks]>=2").parsed().is_ok());
-        for bad in ["", "==1.0", "pkg @ https://example.org/pkg.whl", "pkg; python_version < '3'"] {
+        for bad in [
+            "",
+            "==1.0",
+            "pkg @ https://example.org/pkg.whl",
+            "pkg; python_version < '3'",
+        ] {
             let error = Request::new(bad).parsed().unwrap_err();
-            assert!(matches!(error, Error::InvalidRequest { .. }), "{bad}: {error}");
+            assert!(
+                matches!(error, Error::InvalidRequest { .. }),
+                "{bad}: {error}"
+            );
         }
     }
 

@@ -183,8 +183,7 @@ Description: first\n        second line\nClassifier: A\n",
     #[test]
     fn missing_name_and_bad_requirements_are_reported() {
         assert!(CoreMetadata::parse("Metadata-Version: 2.1\nVersion: 1\n").is_err());
-        let metadata =
-            CoreMetadata::parse("Name: a\nVersion: 1\nRequires-Dist: b >= \n").unwrap();
+        let metadata = CoreMetadata::parse("Name: a\nVersion: 1\nRequires-Dist: b >= \n").unwrap();
         let parsed = metadata.requirements();
         assert!(parsed[0].as_ref().unwrap_err().contains("b >="));
     }

@@ -108,7 +108,9 @@ pub enum Error {
     },
 
     /// The index lists a file without a sha256, so its bytes cannot be verified.
-    #[error("project {project:?}: the index gives no sha256 for {file}; refusing unverifiable bytes")]
+    #[error(
+        "project {project:?}: the index gives no sha256 for {file}; refusing unverifiable bytes"
+    )]
     MissingHash {
         /// Normalised project name.
         project: String,
@@ -215,7 +217,9 @@ mod tests {
             nearest: vec!["4.2".into(), "4.1".into()],
         };
         let text = error.to_string();
-        assert!(text.contains("\"rarfile\"") && text.contains("==9.9") && text.contains("4.2, 4.1"));
+        assert!(
+            text.contains("\"rarfile\"") && text.contains("==9.9") && text.contains("4.2, 4.1")
+        );
         let none = Error::VersionNotFound {
             project: "x".into(),
             requested: "==1".into(),

@@ -82,10 +82,18 @@ pub struct IndexFile {
     #[serde(default)]
     pub yanked: Option<Yanked>,
     /// PEP 714 key for the core metadata file.
-    #[serde(rename = "core-metadata", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "core-metadata",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub core_metadata: Option<CoreMetadata>,
     /// Pre-PEP 714 key for the same thing, still served by some mirrors.
-    #[serde(rename = "data-dist-info-metadata", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "data-dist-info-metadata",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dist_info_metadata: Option<CoreMetadata>,
     /// Size in bytes (PEP 700).
     #[serde(default)]
@@ -111,7 +119,10 @@ impl IndexFile {
 
     /// Whether the file is yanked.
     pub fn is_yanked(&self) -> bool {
-        matches!(self.yanked, Some(Yanked::Flag(true)) | Some(Yanked::Reason(_)))
+        matches!(
+            self.yanked,
+            Some(Yanked::Flag(true)) | Some(Yanked::Reason(_))
+        )
     }
 
     /// The yank reason, if any was given.
@@ -124,7 +135,11 @@ impl IndexFile {
 
     /// Whether a `<url>.metadata` file is served, and its sha256 when known.
     pub fn metadata_available(&self) -> (bool, Option<String>) {
-        match self.core_metadata.as_ref().or(self.dist_info_metadata.as_ref()) {
+        match self
+            .core_metadata
+            .as_ref()
+            .or(self.dist_info_metadata.as_ref())
+        {
             Some(CoreMetadata::Flag(flag)) => (*flag, None),
             Some(CoreMetadata::Hashes(hashes)) => (true, hashes.get("sha256").cloned()),
             None => (false, None),
@@ -248,9 +263,18 @@ mod tests {
 
     #[test]
     fn sdist_versions_survive_dashes_in_names() {
-        assert_eq!(sdist_version("python-dateutil-2.9.0.tar.gz", "python-dateutil").as_deref(), Some("2.9.0"));
-        assert_eq!(sdist_version("docopt-0.6.2.tar.gz", "docopt").as_deref(), Some("0.6.2"));
-        assert_eq!(sdist_version("Foo_Bar-1.0.zip", "foo-bar").as_deref(), Some("1.0"));
+        assert_eq!(
+            sdist_version("python-dateutil-2.9.0.tar.gz", "python-dateutil").as_deref(),
+            Some("2.9.0")
+        );
+        assert_eq!(
+            sdist_version("docopt-0.6.2.tar.gz", "docopt").as_deref(),
+            Some("0.6.2")
+        );
+        assert_eq!(
+            sdist_version("Foo_Bar-1.0.zip", "foo-bar").as_deref(),
+            Some("1.0")
+        );
         assert_eq!(sdist_version("other-1.0.zip", "foo"), None);
     }
 }

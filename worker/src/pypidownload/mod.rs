@@ -30,7 +30,9 @@ pub mod tags;
 pub use cache::Cache;
 pub use checks::{CheckStatus, MetadataChecks};
 pub use client::PYPI_SIMPLE;
-pub use closure::{resolve_and_download, DownloadedFile, Request, ResolvedSet, Role, DEFAULT_TOOLS};
+pub use closure::{
+    resolve_and_download, DownloadedFile, Request, ResolvedSet, Role, DEFAULT_TOOLS,
+};
 pub use error::{Error, Result};
 pub use resolver::RequirementsOverride;
 pub use tags::TargetEnv;

@@ -141,7 +141,12 @@ impl Provider {
             .releases
             .iter()
             .find(|release| &release.version == version)
-            .and_then(|release| release.best.clone().or_else(|| release.best_allowing_yanked.clone()))
+            .and_then(|release| {
+                release
+                    .best
+                    .clone()
+                    .or_else(|| release.best_allowing_yanked.clone())
+            })
             .ok_or_else(|| Error::VersionNotFound {
                 project: project.to_string(),
                 requested: format!("=={version}"),
@@ -188,12 +193,16 @@ impl Provider {
             let name = normalize_name(requirement.name.as_ref());
             let range = match &requirement.version_or_url {
                 None => Ranges::full(),
-                Some(VersionOrUrl::VersionSpecifier(specifiers)) => Ranges::from(specifiers.clone()),
+                Some(VersionOrUrl::VersionSpecifier(specifiers)) => {
+                    Ranges::from(specifiers.clone())
+                }
                 Some(VersionOrUrl::Url(url)) => {
                     return Err(Error::InvalidMetadata {
                         project: parent.to_string(),
                         file: "Requires-Dist".into(),
-                        reason: format!("direct URL requirement {name} @ {url} cannot be resolved from an index"),
+                        reason: format!(
+                        "direct URL requirement {name} @ {url} cannot be resolved from an index"
+                    ),
                     })
                 }
             };
@@ -225,7 +234,11 @@ impl Provider {
         Ok(())
     }
 
-    fn requirements_of(&self, project: &str, version: &Version) -> Result<Option<Vec<Requirement<VerbatimUrl>>>> {
+    fn requirements_of(
+        &self,
+        project: &str,
+        version: &Version,
+    ) -> Result<Option<Vec<Requirement<VerbatimUrl>>>> {
         let override_lines = self.input.overrides.iter().find(|o| {
             normalize_name(&o.name) == project
                 && Version::from_str(&o.version).is_ok_and(|v| &v == version)
@@ -247,7 +260,9 @@ impl Provider {
             }
         };
         if !known {
-            self.unknown.borrow_mut().insert(format!("{project}=={version}"));
+            self.unknown
+                .borrow_mut()
+                .insert(format!("{project}=={version}"));
         }
         let mut parsed = Vec::new();
         for line in lines {
@@ -271,24 +286,40 @@ impl DependencyProvider for Provider {
     type Priority = (u32, std::cmp::Reverse<usize>);
     type Err = Error;
 
-    fn prioritize(&self, package: &Package, range: &Ranges<Version>, statistics: &PackageResolutionStatistics) -> Self::Priority {
+    fn prioritize(
+        &self,
+        package: &Package,
+        range: &Ranges<Version>,
+        statistics: &PackageResolutionStatistics,
+    ) -> Self::Priority {
         let candidates = match package {
             Package::Root(_) => 0,
             Package::Project(name) | Package::Extra(name, _) => self
                 .releases
                 .borrow()
                 .get(name)
-                .map(|r| r.releases.iter().filter(|release| range.contains(&release.version)).count())
+                .map(|r| {
+                    r.releases
+                        .iter()
+                        .filter(|release| range.contains(&release.version))
+                        .count()
+                })
                 .unwrap_or(usize::MAX),
         };
         (statistics.conflict_count(), std::cmp::Reverse(candidates))
     }
 
-    fn choose_version(&self, package: &Package, range: &Ranges<Version>) -> Result<Option<Version>> {
+    fn choose_version(
+        &self,
+        package: &Package,
+        range: &Ranges<Version>,
+    ) -> Result<Option<Version>> {
         match package {
             Package::Root(_) => Ok(Some(Version::new([0]))),
             Package::Project(name) | Package::Extra(name, _) => match self.releases(name) {
-                Ok(releases) => Ok(releases.choose(range).map(|(release, _)| release.version.clone())),
+                Ok(releases) => Ok(releases
+                    .choose(range)
+                    .map(|(release, _)| release.version.clone())),
                 Err(Error::ProjectNotFound { project, index, .. }) => Err(Error::ProjectNotFound {
                     required_by: self.required_by.borrow().get(&project).cloned(),
                     project,
@@ -309,26 +340,52 @@ impl DependencyProvider for Provider {
             Package::Root(label) => {
                 // Not a project name, so the request never counts as depending on itself.
                 let parent = format!("request {label}");
-                self.add_requirements(&parent, None, &self.input.requirements, &[], &mut constraints)?;
+                self.add_requirements(
+                    &parent,
+                    None,
+                    &self.input.requirements,
+                    &[],
+                    &mut constraints,
+                )?;
             }
             Package::Project(name) => match self.requirements_of(name, version)? {
-                Some(requirements) => {
-                    self.add_requirements(name, Some(version), &requirements, &[], &mut constraints)?
+                Some(requirements) => self.add_requirements(
+                    name,
+                    Some(version),
+                    &requirements,
+                    &[],
+                    &mut constraints,
+                )?,
+                None => {
+                    return Ok(Dependencies::Unavailable(
+                        "its metadata cannot be read".into(),
+                    ))
                 }
-                None => return Ok(Dependencies::Unavailable("its metadata cannot be read".into())),
             },
             Package::Extra(name, extra) => {
-                constraints.insert(Package::Project(name.clone()), Ranges::singleton(version.clone()));
-                let extra_name = ExtraName::from_str(extra).map_err(|e| Error::InvalidMetadata {
-                    project: name.clone(),
-                    file: "extra".into(),
-                    reason: e.to_string(),
-                })?;
+                constraints.insert(
+                    Package::Project(name.clone()),
+                    Ranges::singleton(version.clone()),
+                );
+                let extra_name =
+                    ExtraName::from_str(extra).map_err(|e| Error::InvalidMetadata {
+                        project: name.clone(),
+                        file: "extra".into(),
+                        reason: e.to_string(),
+                    })?;
                 match self.requirements_of(name, version)? {
-                    Some(requirements) => {
-                        self.add_requirements(name, Some(version), &requirements, &[extra_name], &mut constraints)?
+                    Some(requirements) => self.add_requirements(
+                        name,
+                        Some(version),
+                        &requirements,
+                        &[extra_name],
+                        &mut constraints,
+                    )?,
+                    None => {
+                        return Ok(Dependencies::Unavailable(
+                            "its metadata cannot be read".into(),
+                        ))
                     }
-                    None => return Ok(Dependencies::Unavailable("its metadata cannot be read".into())),
                 }
             }
         }
@@ -375,7 +432,11 @@ pub fn resolve_blocking(
     }
     let root = Package::Root(provider.input.label.clone());
     let solved = pubgrub::resolve(&provider, root, Version::new([0]));
-    provider.prefetches.lock().expect("not poisoned").abort_all();
+    provider
+        .prefetches
+        .lock()
+        .expect("not poisoned")
+        .abort_all();
     let selected = match solved {
         Ok(selected) => selected,
         Err(PubGrubError::NoSolution(mut tree)) => {
@@ -411,7 +472,11 @@ pub fn resolve_blocking(
 }
 
 /// Async wrapper of [`resolve_blocking`]: runs the solver on a blocking thread.
-pub async fn resolve(client: Arc<IndexClient>, target: &TargetEnv, input: ResolveInput) -> Result<Resolution> {
+pub async fn resolve(
+    client: Arc<IndexClient>,
+    target: &TargetEnv,
+    input: ResolveInput,
+) -> Result<Resolution> {
     let handle = Handle::current();
     let target = target.clone();
     tokio::task::spawn_blocking(move || resolve_blocking(client, handle, &target, input))

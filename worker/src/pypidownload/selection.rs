@@ -52,7 +52,14 @@ pub fn best_file<'a>(
         let score = match file.kind() {
             // Build tags break ties: a higher build number is preferred.
             FileKind::Wheel(wheel) => match ranking.rank(&wheel) {
-                Some(rank) => rank * 1000 + 999 - wheel.build.and_then(|b| b.parse::<usize>().ok()).unwrap_or(0).min(999),
+                Some(rank) => {
+                    rank * 1000 + 999
+                        - wheel
+                            .build
+                            .and_then(|b| b.parse::<usize>().ok())
+                            .unwrap_or(0)
+                            .min(999)
+                }
                 None => continue,
             },
             FileKind::Sdist if file.filename.ends_with(".tar.gz") => usize::MAX - 1,
@@ -92,7 +99,11 @@ impl Releases {
     /// final release fits; yanked files only when the range is a single version.
     pub fn choose(&self, range: &Ranges<Version>) -> Option<(&Release, &IndexFile)> {
         let pinned = range.as_singleton().is_some();
-        fn usable<'a>(release: &'a Release, range: &Ranges<Version>, pinned: bool) -> Option<&'a IndexFile> {
+        fn usable<'a>(
+            release: &'a Release,
+            range: &Ranges<Version>,
+            pinned: bool,
+        ) -> Option<&'a IndexFile> {
             if !range.contains(&release.version) {
                 return None;
             }
@@ -116,7 +127,11 @@ impl Releases {
 
     /// Explains why nothing in `specifiers` can be chosen for the top-level request, with
     /// the most specific error; `None` when [`Releases::choose`] would succeed.
-    pub fn explain_failure(&self, specifiers: &VersionSpecifiers, target: &TargetEnv) -> Option<Error> {
+    pub fn explain_failure(
+        &self,
+        specifiers: &VersionSpecifiers,
+        target: &TargetEnv,
+    ) -> Option<Error> {
         let range = Ranges::from(specifiers.clone());
         if self.choose(&range).is_some() {
             return None;
@@ -168,7 +183,11 @@ impl Releases {
         Some(Error::NoFileForPlatform {
             project: self.project.clone(),
             version: release.version.to_string(),
-            target: format!("{} (Python {})", target.describe(), target.python_full_version),
+            target: format!(
+                "{} (Python {})",
+                target.describe(),
+                target.python_full_version
+            ),
             files,
         })
     }
@@ -178,7 +197,10 @@ impl Releases {
     pub fn nearest(&self, specifiers: &VersionSpecifiers) -> Vec<String> {
         let mut versions: Vec<&Version> = self.releases.iter().map(|r| &r.version).collect();
         versions.sort();
-        let anchor = specifiers.iter().next().map(|specifier| specifier.version().clone());
+        let anchor = specifiers
+            .iter()
+            .next()
+            .map(|specifier| specifier.version().clone());
         let position = match anchor {
             Some(anchor) => versions.partition_point(|version| **version < anchor),
             None => versions.len(),
@@ -186,7 +208,11 @@ impl Releases {
         let start = position.saturating_sub(3);
         let end = (position + 2).min(versions.len());
         let start = start.min(end.saturating_sub(5));
-        versions[start..end].iter().rev().map(|v| v.to_string()).collect()
+        versions[start..end]
+            .iter()
+            .rev()
+            .map(|v| v.to_string())
+            .collect()
     }
 }
 
@@ -215,7 +241,8 @@ mod tests {
                 )
             })
             .collect();
-        ProjectPage::parse(format!(r#"{{"name":"demo","files":[{}]}}"#, files.join(",")).as_bytes()).unwrap()
+        ProjectPage::parse(format!(r#"{{"name":"demo","files":[{}]}}"#, files.join(",")).as_bytes())
+            .unwrap()
     }
 
     fn releases(files: &[(&str, Option<&str>, bool)]) -> Releases {
@@ -238,12 +265,27 @@ mod tests {
         let releases = releases(&[
             ("demo-1.0.tar.gz", None, false),
             ("demo-1.0-py3-none-any.whl", None, false),
-            ("demo-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", None, false),
-            ("demo-1.0-cp311-cp311-manylinux_2_28_x86_64.whl", None, false),
-            ("demo-1.0-cp312-cp312-manylinux_2_28_x86_64.whl", None, false),
+            (
+                "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+                None,
+                false,
+            ),
+            (
+                "demo-1.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                None,
+                false,
+            ),
+            (
+                "demo-1.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+                None,
+                false,
+            ),
             ("demo-1.0-cp311-cp311-win_amd64.whl", None, false),
         ]);
-        assert_eq!(chosen(&releases, "").unwrap(), "demo-1.0-cp311-cp311-manylinux_2_28_x86_64.whl");
+        assert_eq!(
+            chosen(&releases, "").unwrap(),
+            "demo-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+        );
     }
 
     #[test]
@@ -251,7 +293,11 @@ mod tests {
         let releases = releases(&[
             ("demo-1.0.zip", None, false),
             ("demo-1.0.tar.gz", None, false),
-            ("demo-1.0-cp312-cp312-manylinux_2_28_x86_64.whl", None, false),
+            (
+                "demo-1.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+                None,
+                false,
+            ),
         ]);
         assert_eq!(chosen(&releases, "").unwrap(), "demo-1.0.tar.gz");
     }
@@ -264,8 +310,14 @@ mod tests {
             ("demo-3.0b1-py3-none-any.whl", None, false),
         ]);
         assert_eq!(chosen(&releases, "").unwrap(), "demo-1.0-py3-none-any.whl");
-        assert_eq!(chosen(&releases, "==2.0").unwrap(), "demo-2.0-py3-none-any.whl");
-        assert_eq!(chosen(&releases, ">=2.0").unwrap(), "demo-3.0b1-py3-none-any.whl");
+        assert_eq!(
+            chosen(&releases, "==2.0").unwrap(),
+            "demo-2.0-py3-none-any.whl"
+        );
+        assert_eq!(
+            chosen(&releases, ">=2.0").unwrap(),
+            "demo-3.0b1-py3-none-any.whl"
+        );
         assert_eq!(chosen(&releases, ">1.0,<3.0a0"), None);
     }
 
@@ -276,9 +328,14 @@ mod tests {
             ("demo-2.0-py3-none-any.whl", Some(">=3.12"), false),
         ]);
         assert_eq!(chosen(&releases, "").unwrap(), "demo-1.0-py3-none-any.whl");
-        let error = releases.explain_failure(&spec("==2.0"), &TargetEnv::default()).unwrap();
+        let error = releases
+            .explain_failure(&spec("==2.0"), &TargetEnv::default())
+            .unwrap();
         assert!(matches!(error, Error::NoFileForPlatform { .. }), "{error}");
-        assert!(error.to_string().contains("Requires-Python >=3.12"), "{error}");
+        assert!(
+            error.to_string().contains("Requires-Python >=3.12"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -293,14 +350,18 @@ mod tests {
         let target = TargetEnv::default();
         assert!(releases.explain_failure(&spec("==1.0"), &target).is_none());
         match releases.explain_failure(&spec("==1.0.5"), &target).unwrap() {
-            Error::VersionNotFound { nearest, requested, .. } => {
+            Error::VersionNotFound {
+                nearest, requested, ..
+            } => {
                 assert_eq!(requested, "==1.0.5");
                 assert_eq!(nearest, vec!["2.0", "1.1", "1.0", "0.9"]);
             }
             other => panic!("{other}"),
         }
         assert!(matches!(
-            releases.explain_failure(&spec(">=2.0,<3"), &target).unwrap(),
+            releases
+                .explain_failure(&spec(">=2.0,<3"), &target)
+                .unwrap(),
             Error::OnlyYanked { .. }
         ));
         assert!(matches!(

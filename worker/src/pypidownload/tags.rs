@@ -66,7 +66,10 @@ impl TargetEnv {
 
     /// `(major, minor)` of the interpreter.
     pub fn python_minor(&self) -> (u32, u32) {
-        let mut parts = self.python_full_version.split('.').map(|p| p.parse().unwrap_or(0));
+        let mut parts = self
+            .python_full_version
+            .split('.')
+            .map(|p| p.parse().unwrap_or(0));
         (parts.next().unwrap_or(3), parts.next().unwrap_or(0))
     }
 
@@ -87,7 +90,11 @@ impl TargetEnv {
     /// Platform tags from most to least specific, as `packaging.tags.platform_tags()`.
     pub fn platform_tags(&self) -> Vec<String> {
         let arch = &self.arch;
-        let lowest_minor = if arch == "x86_64" || arch == "i686" { 5 } else { 17 };
+        let lowest_minor = if arch == "x86_64" || arch == "i686" {
+            5
+        } else {
+            17
+        };
         let mut tags = Vec::new();
         if self.glibc.0 == 2 {
             for minor in (lowest_minor..=self.glibc.1).rev() {
@@ -100,9 +107,9 @@ impl TargetEnv {
                 };
                 if let Some(legacy) = legacy {
                     let legacy_arches: &[&str] = match legacy {
-                        "manylinux2014" => {
-                            &["x86_64", "i686", "aarch64", "armv7l", "ppc64", "ppc64le", "s390x"]
-                        }
+                        "manylinux2014" => &[
+                            "x86_64", "i686", "aarch64", "armv7l", "ppc64", "ppc64le", "s390x",
+                        ],
                         _ => &["x86_64", "i686"],
                     };
                     if legacy_arches.contains(&arch.as_str()) {
@@ -229,10 +236,15 @@ impl WheelName {
         let stem = filename.strip_suffix(".whl")?;
         let parts: Vec<&str> = stem.split('-').collect();
         let (name, version, build, rest) = match parts.as_slice() {
-            [name, version, python, abi, platform] => (name, version, None, [python, abi, platform]),
-            [name, version, build, python, abi, platform] => {
-                (name, version, Some(build.to_string()), [python, abi, platform])
+            [name, version, python, abi, platform] => {
+                (name, version, None, [python, abi, platform])
             }
+            [name, version, build, python, abi, platform] => (
+                name,
+                version,
+                Some(build.to_string()),
+                [python, abi, platform],
+            ),
             _ => return None,
         };
         let split = |s: &str| s.split('.').map(str::to_string).collect::<Vec<_>>();
@@ -272,12 +284,17 @@ mod tests {
         assert_eq!(tags[1], "cp311-cp311-manylinux_2_35_x86_64");
         assert_eq!(tags.last().unwrap(), "py30-none-any");
         let position = |tag: &str| tags.iter().position(|t| t == tag).unwrap();
-        assert!(position("cp311-cp311-manylinux_2_17_x86_64") < position("cp311-cp311-manylinux2014_x86_64"));
+        assert!(
+            position("cp311-cp311-manylinux_2_17_x86_64")
+                < position("cp311-cp311-manylinux2014_x86_64")
+        );
         assert_eq!(
             position("cp311-cp311-manylinux2014_x86_64"),
             position("cp311-cp311-manylinux_2_17_x86_64") + 1
         );
-        assert!(position("cp311-cp311-linux_x86_64") < position("cp311-abi3-manylinux_2_36_x86_64"));
+        assert!(
+            position("cp311-cp311-linux_x86_64") < position("cp311-abi3-manylinux_2_36_x86_64")
+        );
         assert!(position("cp311-none-linux_x86_64") < position("cp310-abi3-manylinux_2_36_x86_64"));
         assert!(position("cp32-abi3-linux_x86_64") < position("py311-none-manylinux_2_36_x86_64"));
         assert!(position("py30-none-linux_x86_64") < position("cp311-none-any"));
@@ -296,16 +313,22 @@ mod tests {
             ..TargetEnv::default()
         };
         let platforms = target.platform_tags();
-        assert_eq!(platforms.iter().rev().nth(1).unwrap(), "manylinux2014_aarch64");
-        assert!(!platforms.iter().any(|p| p.contains("manylinux1") || p.contains("2010")));
+        assert_eq!(
+            platforms.iter().rev().nth(1).unwrap(),
+            "manylinux2014_aarch64"
+        );
+        assert!(!platforms
+            .iter()
+            .any(|p| p.contains("manylinux1") || p.contains("2010")));
     }
 
     #[test]
     fn wheel_names_parse_and_rank() {
         let ranking = TagRanking::new(&TargetEnv::default());
-        let numpy =
-            WheelName::parse("numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
-                .unwrap();
+        let numpy = WheelName::parse(
+            "numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        )
+        .unwrap();
         assert_eq!(numpy.platform.len(), 2);
         let pure = WheelName::parse("requests-2.32.3-py3-none-any.whl").unwrap();
         let universal = WheelName::parse("six-1.16.0-py2.py3-none-any.whl").unwrap();
@@ -319,7 +342,11 @@ mod tests {
             "x-1-cp311-cp311-manylinux_2_38_x86_64.whl",
             "x-1-py2-none-any.whl",
         ] {
-            assert_eq!(ranking.rank(&WheelName::parse(foreign).unwrap()), None, "{foreign}");
+            assert_eq!(
+                ranking.rank(&WheelName::parse(foreign).unwrap()),
+                None,
+                "{foreign}"
+            );
         }
         let built = WheelName::parse("pkg-1.0-2-py3-none-any.whl").unwrap();
         assert_eq!(built.build.as_deref(), Some("2"));
@@ -337,7 +364,9 @@ mod tests {
         };
         assert!(holds("a; python_version >= '3.8'"));
         assert!(!holds("a; python_version < '3.10'"));
-        assert!(holds("a; sys_platform == 'linux' and platform_machine == 'x86_64'"));
+        assert!(holds(
+            "a; sys_platform == 'linux' and platform_machine == 'x86_64'"
+        ));
         assert!(!holds("a; sys_platform == 'win32'"));
         assert!(holds("a; platform_python_implementation == 'CPython'"));
         assert!(!holds("a; extra == 'socks'"));
@@ -346,11 +375,20 @@ mod tests {
 
     #[test]
     fn python_versions_parse_or_fail_clearly() {
-        assert_eq!(TargetEnv::cpython("3.11").unwrap().python_full_version, "3.11.2");
-        assert_eq!(TargetEnv::cpython("3.12").unwrap().python_full_version, "3.12.0");
+        assert_eq!(
+            TargetEnv::cpython("3.11").unwrap().python_full_version,
+            "3.11.2"
+        );
+        assert_eq!(
+            TargetEnv::cpython("3.12").unwrap().python_full_version,
+            "3.12.0"
+        );
         assert_eq!(TargetEnv::cpython("3.9.18").unwrap().python_minor(), (3, 9));
         assert!(TargetEnv::cpython("three").is_err());
         assert!(TargetEnv::cpython("2.7").is_err());
-        assert_eq!(TargetEnv::default().describe(), "cp311 manylinux_2_36_x86_64");
+        assert_eq!(
+            TargetEnv::default().describe(),
+            "cp311 manylinux_2_36_x86_64"
+        );
     }
 }
