@@ -35,6 +35,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Temporary files older than this were left by a process that died mid-write.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes what crashed writers left in `tmp/`; young files may belong to a live writer.
+fn remove_abandoned_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let abandoned = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if abandoned {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -48,6 +69,7 @@ impl Cache {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("creating cache directory", &dir, e))?;
         }
+        remove_abandoned_temp_files(&root.join("tmp"));
         Ok(Cache { root })
     }
 
@@ -208,6 +230,27 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn opening_removes_only_abandoned_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let old = dir.path().join("tmp/old");
+        let young = dir.path().join("tmp/young");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::write(&young, b"x").unwrap();
+        let two_days_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        drop(cache);
+        Cache::open(dir.path()).unwrap();
+        assert!(!old.exists());
+        assert!(young.exists());
     }
 
     #[test]
