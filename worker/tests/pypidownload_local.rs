@@ -197,6 +197,14 @@ fn fixture_index() -> LocalIndex {
         ..PLAIN
     };
     index.wheel("beta", "3.0", any, &[], &new_python);
+    index.wheel("beta", "4.0rc1", any, &[], &PLAIN);
+    index.wheel(
+        "wantspre",
+        "1.0",
+        any,
+        &["Requires-Dist: beta>=4.0rc1"],
+        &PLAIN,
+    );
     index.wheel("delta", "1.0", any, &[], &PLAIN);
     index.wheel("epsilon", "1.0", any, &[], &PLAIN);
     index.wheel("toolx", "1.0", any, &[], &PLAIN);
@@ -327,6 +335,10 @@ async fn extras_markers_requires_python_and_tags_shape_the_closure() {
         .await
         .unwrap();
     assert_eq!(closure(&old), set_of(&["alpha==1.0", "beta==2.0"]));
+
+    // beta 4.0rc1 only when a requirement names a pre-release.
+    let pre = fixture.resolve(&fixture.request("wantspre")).await.unwrap();
+    assert_eq!(closure(&pre), set_of(&["wantspre==1.0", "beta==4.0rc1"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

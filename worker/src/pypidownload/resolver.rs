@@ -120,6 +120,7 @@ struct Provider {
     prefetches: Mutex<JoinSet<()>>,
     prefetched: RefCell<BTreeSet<String>>,
     required_by: RefCell<HashMap<String, String>>,
+    prereleases_named: RefCell<BTreeSet<String>>,
 }
 
 impl Provider {
@@ -194,6 +195,12 @@ impl Provider {
             let range = match &requirement.version_or_url {
                 None => Ranges::full(),
                 Some(VersionOrUrl::VersionSpecifier(specifiers)) => {
+                    if specifiers
+                        .iter()
+                        .any(|specifier| specifier.any_prerelease())
+                    {
+                        self.prereleases_named.borrow_mut().insert(name.clone());
+                    }
                     Ranges::from(specifiers.clone())
                 }
                 Some(VersionOrUrl::Url(url)) => {
@@ -317,9 +324,12 @@ impl DependencyProvider for Provider {
         match package {
             Package::Root(_) => Ok(Some(Version::new([0]))),
             Package::Project(name) | Package::Extra(name, _) => match self.releases(name) {
-                Ok(releases) => Ok(releases
-                    .choose(range)
-                    .map(|(release, _)| release.version.clone())),
+                Ok(releases) => {
+                    let prereleases = self.prereleases_named.borrow().contains(name);
+                    Ok(releases
+                        .choose_with(range, prereleases)
+                        .map(|(release, _)| release.version.clone()))
+                }
                 Err(Error::ProjectNotFound { project, index, .. }) => Err(Error::ProjectNotFound {
                     required_by: self.required_by.borrow().get(&project).cloned(),
                     project,
@@ -413,6 +423,7 @@ pub fn resolve_blocking(
         prefetches: Mutex::new(JoinSet::new()),
         prefetched: RefCell::new(BTreeSet::new()),
         required_by: RefCell::new(HashMap::new()),
+        prereleases_named: RefCell::new(BTreeSet::new()),
     };
     for requirement in &provider.input.requirements {
         provider.prefetch(&normalize_name(requirement.name.as_ref()));

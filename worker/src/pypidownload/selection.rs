@@ -98,6 +98,16 @@ impl Releases {
     /// The newest release inside `range` with a usable file, avoiding pre-releases when a
     /// final release fits; yanked files only when the range is a single version.
     pub fn choose(&self, range: &Ranges<Version>) -> Option<(&Release, &IndexFile)> {
+        self.choose_with(range, false)
+    }
+
+    /// As [`Releases::choose`]; with `prereleases` (a requirement named a pre-release,
+    /// as in `>=3.0b1`) pre-releases compete with final releases, as pip does.
+    pub fn choose_with(
+        &self,
+        range: &Ranges<Version>,
+        prereleases: bool,
+    ) -> Option<(&Release, &IndexFile)> {
         let pinned = range.as_singleton().is_some();
         fn usable<'a>(
             release: &'a Release,
@@ -116,7 +126,7 @@ impl Releases {
         let stable = self
             .releases
             .iter()
-            .filter(|release| !release.version.any_prerelease())
+            .filter(|release| prereleases || !release.version.any_prerelease())
             .find_map(|release| usable(release, range, pinned).map(|file| (release, file)));
         stable.or_else(|| {
             self.releases
@@ -319,6 +329,25 @@ mod tests {
             "demo-3.0b1-py3-none-any.whl"
         );
         assert_eq!(chosen(&releases, ">1.0,<3.0a0"), None);
+        let range = Ranges::from(spec(">=1.0"));
+        assert_eq!(
+            releases
+                .choose_with(&range, false)
+                .unwrap()
+                .0
+                .version
+                .to_string(),
+            "1.0"
+        );
+        assert_eq!(
+            releases
+                .choose_with(&range, true)
+                .unwrap()
+                .0
+                .version
+                .to_string(),
+            "3.0b1"
+        );
     }
 
     #[test]
