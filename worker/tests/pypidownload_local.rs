@@ -248,6 +248,13 @@ fn fixture_index() -> LocalIndex {
         "Metadata-Version: 1.1\nName: oldsrc\nVersion: 1.0\n",
         None,
     );
+    index.sdist(
+        "sdisttool",
+        "1.0",
+        "Metadata-Version: 2.3\nName: sdisttool\nVersion: 1.0\n",
+        Some("[build-system]\nrequires = [\"hatchling\"]\n"),
+    );
+    index.wheel("hatchling", "1.25.0", any, &[], &PLAIN);
     index.wheel("setuptools", "70.0.0", any, &[], &PLAIN);
     index.wheel("wheel", "0.43.0", any, &[], &PLAIN);
     index.write();
@@ -358,6 +365,16 @@ async fn sdists_follow_pep_643_and_bring_their_build_backends() {
     assert_eq!(old.requirements_unknown, vec!["oldsrc==1.0"]);
     let tools: BTreeSet<&str> = old.tools.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(tools, BTreeSet::from(["setuptools", "toolx", "wheel"]));
+
+    // A tool that is only an sdist brings its own build backend.
+    let mut nested = fixture.request("srcpkg");
+    nested.tools = vec!["sdisttool".into()];
+    let nested = fixture.resolve(&nested).await.unwrap();
+    let tools: BTreeSet<&str> = nested.tools.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        tools,
+        BTreeSet::from(["flit-core", "hatchling", "sdisttool"])
+    );
 
     // What a guest pass reported replaces the unknown requirements.
     let mut second_pass = fixture.request("oldsrc==1.0");

@@ -7,7 +7,7 @@
 //! the network is never touched (a worker keeps working while PyPI is down). Anything
 //! missing sends the step online.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -22,9 +22,10 @@ use super::client::{IndexClient, Mode, PYPI_SIMPLE};
 use super::coremeta::CoreMetadata;
 use super::error::{Error, Result};
 use super::index::{normalize_name, FileKind, IndexFile};
-use super::resolver::{self, RequirementsOverride, ResolveInput, ResolvedPackage};
+use super::resolver::{self, RequirementsOverride, ResolveInput};
 use super::selection::{best_file, pinned_version};
 use super::tags::{TagRanking, TargetEnv};
+use super::tools;
 
 /// What the recipe's tools need in the guest when the request does not say otherwise.
 pub const DEFAULT_TOOLS: [&str; 3] = ["pytest", "pycodestyle", "pyflakes"];
@@ -296,78 +297,11 @@ async fn run(
     if let Some(file) = &sources {
         sdists.push((root_name.clone(), file.clone()));
     }
-    let build_requirements = try_join_all(sdists.iter().map(|(name, file)| {
-        let client = client.clone();
-        async move {
-            client
-                .build_requirements(name, file)
-                .await
-                .map(|requires| (name.clone(), requires))
-        }
-    }))
-    .await?;
-    let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
-    groups
-        .entry(request.tools.clone())
-        .or_default()
-        .push("tools".into());
-    for (name, requires) in build_requirements {
-        groups
-            .entry(requires)
-            .or_default()
-            .push(format!("build of {name}"));
-    }
-    let tool_resolutions = try_join_all(
-        groups
-            .into_iter()
-            .filter(|(requires, _)| !requires.is_empty())
-            .map(|(requires, users)| {
-                let client = client.clone();
-                let overrides = request.overrides.clone();
-                async move {
-                    let requirements = requires
-                        .iter()
-                        .map(|line| {
-                            Requirement::<VerbatimUrl>::from_str(line).map_err(|e| {
-                                Error::InvalidRequest {
-                                    request: line.clone(),
-                                    reason: format!(
-                                        "tool or build requirement of {}: {e}",
-                                        users.join(", ")
-                                    ),
-                                }
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    resolver::resolve(
-                        client,
-                        target,
-                        ResolveInput {
-                            label: format!("{} ({})", requires.join(", "), users.join(", ")),
-                            requirements,
-                            explain_top_level: true,
-                            overrides,
-                        },
-                    )
-                    .await
-                }
-            }),
-    )
-    .await?;
-    let mut tool_packages: BTreeMap<String, ResolvedPackage> = BTreeMap::new();
+    let tools = tools::resolve_tools(&client, target, request, sdists).await?;
+    let tool_packages = tools.packages;
     let mut requirements_unknown: BTreeSet<String> =
         main.requirements_unknown.iter().cloned().collect();
-    for resolution in tool_resolutions {
-        requirements_unknown.extend(resolution.requirements_unknown);
-        for package in resolution.packages {
-            let key = package
-                .file
-                .sha256()
-                .unwrap_or(&package.file.filename)
-                .to_string();
-            tool_packages.entry(key).or_insert(package);
-        }
-    }
+    requirements_unknown.extend(tools.requirements_unknown);
 
     let fetch = |role: Role, name: String, version: String, file: IndexFile| {
         let client = client.clone();

@@ -11,7 +11,7 @@
 //!
 //! Pieces: [`tags`] (target and wheel tags), [`index`] (PEP 691 pages), [`selection`]
 //! (which file), [`coremeta`] and [`archive`] (metadata), [`cache`], [`client`] (the index
-//! shell), [`resolver`] (pubgrub), [`checks`] (the `metadata` task), [`closure`] (the
+//! shell), [`resolver`] (pubgrub), [`tools`] (the `tools/` set), [`checks`] (the `metadata` task), [`closure`] (the
 //! whole step) and [`cli`] (`pyti-worker download`). Design notes: docs/pypidownload.md.
 
 pub mod archive;
@@ -26,6 +26,7 @@ pub mod index;
 pub mod resolver;
 pub mod selection;
 pub mod tags;
+pub mod tools;
 
 pub use cache::Cache;
 pub use checks::{CheckStatus, MetadataChecks};
