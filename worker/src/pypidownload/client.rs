@@ -128,7 +128,8 @@ pub struct IndexClient {
     mode: Mode,
     retry: RetryPolicy,
     downloads: Semaphore,
-    pages: InFlight<Arc<ProjectPage>>,
+    /// `None` remembers that the index has no such project (a 404 is an answer).
+    pages: InFlight<Option<Arc<ProjectPage>>>,
     metadata: InFlight<FileMetadata>,
     blobs: InFlight<PathBuf>,
     stale_pages: Mutex<Vec<String>>,
@@ -245,10 +246,15 @@ impl IndexClient {
     pub async fn project_page(&self, project: &str) -> Result<Arc<ProjectPage>> {
         self.pages
             .get_or_try_init(project, || self.load_page(project))
-            .await
+            .await?
+            .ok_or_else(|| Error::ProjectNotFound {
+                project: project.to_string(),
+                index: self.index_key.clone(),
+                required_by: None,
+            })
     }
 
-    async fn load_page(&self, project: &str) -> Result<Arc<ProjectPage>> {
+    async fn load_page(&self, project: &str) -> Result<Option<Arc<ProjectPage>>> {
         let url = self.page_url(project);
         let bytes = match self.mode {
             Mode::CacheOnly => self
@@ -259,13 +265,7 @@ impl IndexClient {
                     self.cache.put_page(&self.index_key, project, &bytes)?;
                     bytes
                 }
-                Ok(Fetched::NotFound) => {
-                    return Err(Error::ProjectNotFound {
-                        project: project.to_string(),
-                        index: self.index_key.clone(),
-                        required_by: None,
-                    })
-                }
+                Ok(Fetched::NotFound) => return Ok(None),
                 Err(error @ Error::IndexUnreachable { .. }) => match self.cached_page(project) {
                     Some(bytes) => {
                         tracing::warn!(project, %error, "index unreachable, using the cached project page");
@@ -285,7 +285,7 @@ impl IndexClient {
             url: url.to_string(),
             reason,
         })?;
-        Ok(Arc::new(page))
+        Ok(Some(Arc::new(page)))
     }
 
     /// The absolute URL of a file listed on a project page.
