@@ -619,3 +619,31 @@ async fn the_download_command_fills_the_cache_and_the_destination() {
         .unwrap_err();
     assert!(error.to_string().contains("three"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_slots_share_one_cache_at_the_same_time() {
+    let fixture = fixture();
+    let requests: Vec<Request> = (0..4).map(|_| fixture.request("alpha[fast]")).collect();
+    let sets =
+        futures_util::future::try_join_all(requests.iter().map(|request| fixture.resolve(request)))
+            .await
+            .unwrap();
+    let hashes = |set: &ResolvedSet| {
+        set.files()
+            .map(|f| f.sha256.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    for set in &sets {
+        assert_eq!(hashes(set), hashes(&sets[0]));
+        for file in set.files() {
+            let bytes = std::fs::read(&file.cache_path).unwrap();
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), file.sha256);
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(fixture.cache_dir.path().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
