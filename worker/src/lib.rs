@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod image;
+pub mod pypidownload;
 pub mod stateofvm;
 pub mod vms;
 
