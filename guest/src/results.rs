@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::behaviour::{BehaviourReport, Verdict};
+use crate::behaviour::{BehaviourReport, Rule, Verdict};
 use crate::job::{InputRole, JobIdentity};
 use crate::recipe::TaskKind;
 
@@ -288,7 +288,8 @@ fn metrics_of(task: &TaskResult) -> Option<&TaskMetrics> {
 /// The outcome of a run from its task results (inputs already verified), with a
 /// sentence on why. Definite package faults come first (a harmful package stays harmful
 /// even if a later task timed out), then farm faults (a retry may change the rest), then
-/// softer package findings.
+/// softer package findings. A suspicious verdict whose only reasons are writes outside
+/// the environment is reported as `wrote_outside_environment`, the more precise name.
 pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     let find = |kind: TaskKind| tasks.iter().find(|t| t.name == kind);
     let verdict = find(TaskKind::Behaviour).and_then(metrics_of).and_then(|m| match m {
@@ -320,8 +321,20 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     if let Some(task) = find(TaskKind::Tests).filter(|t| t.status == TaskStatus::Failed) {
         return (Outcome::TestsFailed, format!("tests: {}", task.message));
     }
-    if verdict == Some(Verdict::Suspicious) {
+    let only_writes = find(TaskKind::Behaviour)
+        .and_then(metrics_of)
+        .is_some_and(|m| match m {
+            TaskMetrics::Behaviour(report) => report
+                .reasons
+                .iter()
+                .all(|r| r.rule == Rule::WriteOutsideEnvironment),
+            _ => false,
+        });
+    if verdict == Some(Verdict::Suspicious) && !only_writes {
         return (Outcome::SuspiciousBehaviour, reasons());
+    }
+    if verdict == Some(Verdict::Suspicious) {
+        return (Outcome::WroteOutsideEnvironment, reasons());
     }
     let weird = find(TaskKind::Install).and_then(metrics_of).and_then(|m| match m {
         TaskMetrics::Install(install) if install.weird_place_count > 0 => Some(install),
