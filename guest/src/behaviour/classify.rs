@@ -210,7 +210,8 @@ pub enum ProgramKind {
     Other,
 }
 
-/// Classifies an executed program by the base name of its path.
+/// Classifies an executed program by the base name of its path. `lsb_release` is
+/// expected because pip runs it (through `distro`) to describe the platform.
 pub fn program_kind(path: &str) -> ProgramKind {
     let name = path.rsplit('/').next().unwrap_or(path);
     let is_python = name
@@ -221,7 +222,9 @@ pub fn program_kind(path: &str) -> ProgramKind {
         "strip", "collect2", "cc1", "cc1plus", "lto-wrapper", "clang", "clang++",
         "gfortran", "rustc", "cargo",
     ];
-    let build = ["make", "cmake", "ninja", "pkg-config", "git", "uname", "ldconfig"];
+    let build = [
+        "make", "cmake", "ninja", "pkg-config", "git", "uname", "ldconfig", "lsb_release",
+    ];
     if is_python
         || compiler.contains(&name)
         || build.contains(&name)
