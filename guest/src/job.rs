@@ -176,7 +176,10 @@ impl GuestJob {
         if self.schema_version != JOB_SCHEMA_VERSION {
             return Err(invalid(
                 "schema_version",
-                format!("is {}; this agent reads {JOB_SCHEMA_VERSION}", self.schema_version),
+                format!(
+                    "is {}; this agent reads {JOB_SCHEMA_VERSION}",
+                    self.schema_version
+                ),
             ));
         }
         if self.job_id.is_empty() || self.job_id.len() > 128 {
@@ -195,7 +198,10 @@ impl GuestJob {
         for (index, input) in self.inputs.iter().enumerate() {
             let field = format!("inputs[{index}]");
             let Some((dir, name)) = input.path.split_once('/') else {
-                return Err(invalid(&field, format!("path {:?} has no directory", input.path)));
+                return Err(invalid(
+                    &field,
+                    format!("path {:?} has no directory", input.path),
+                ));
             };
             if !safe_file_name(name) {
                 return Err(invalid(
@@ -223,7 +229,10 @@ impl GuestJob {
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             {
-                return Err(invalid(&field, "sha256 must be 64 lower-case hex digits".into()));
+                return Err(invalid(
+                    &field,
+                    "sha256 must be 64 lower-case hex digits".into(),
+                ));
             }
         }
         Ok(())
@@ -313,7 +322,8 @@ pub fn describe_inputs(io_dir: &Path) -> Result<Vec<InputFile>, JobError> {
                 continue;
             };
             let file = entry.path();
-            let sha256 = sha256_file(&file).map_err(|source| JobError::Io { path: file, source })?;
+            let sha256 =
+                sha256_file(&file).map_err(|source| JobError::Io { path: file, source })?;
             inputs.push(InputFile {
                 path: format!("{dir}/{name}"),
                 role,
@@ -364,19 +374,29 @@ mod tests {
     #[test]
     fn rejects_unknown_fields_and_wrong_versions() {
         let text = job().to_json_pretty().replacen('{', "{\"surprise\": 1,", 1);
-        assert!(matches!(GuestJob::parse(text.as_bytes()), Err(JobError::Syntax(_))));
+        assert!(matches!(
+            GuestJob::parse(text.as_bytes()),
+            Err(JobError::Syntax(_))
+        ));
         let mut wrong = job();
         wrong.schema_version = 2;
         let error = GuestJob::parse(wrong.to_json_pretty().as_bytes()).unwrap_err();
         assert!(error.to_string().contains("schema_version"), "{error}");
         let big = vec![b' '; MAX_JOB_BYTES + 1];
-        assert!(matches!(GuestJob::parse(&big), Err(JobError::TooLarge { .. })));
+        assert!(matches!(
+            GuestJob::parse(&big),
+            Err(JobError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn rejects_input_paths_that_escape_or_sit_in_the_wrong_directory() {
         let cases = [
-            ("dist/../../etc/passwd", InputRole::Sdist, "not a plain file name"),
+            (
+                "dist/../../etc/passwd",
+                InputRole::Sdist,
+                "not a plain file name",
+            ),
             ("dist/..", InputRole::Sdist, "not a plain file name"),
             ("x.whl", InputRole::Wheel, "has no directory"),
             ("wheels/x.whl", InputRole::Wheel, "lives in dist/"),
@@ -404,12 +424,21 @@ mod tests {
 
     #[test]
     fn roles_follow_directory_and_extension() {
-        assert_eq!(role_for("dist", "a-1-py3-none-any.whl"), Some(InputRole::Wheel));
+        assert_eq!(
+            role_for("dist", "a-1-py3-none-any.whl"),
+            Some(InputRole::Wheel)
+        );
         assert_eq!(role_for("dist", "a-1.tar.gz"), Some(InputRole::Sdist));
         assert_eq!(role_for("dist", "a-1.zip"), Some(InputRole::Sdist));
         assert_eq!(role_for("dist", "README"), None);
-        assert_eq!(role_for("wheels", "b-2.tar.gz"), Some(InputRole::Dependency));
-        assert_eq!(role_for("tools", "pytest-8-py3-none-any.whl"), Some(InputRole::Tool));
+        assert_eq!(
+            role_for("wheels", "b-2.tar.gz"),
+            Some(InputRole::Dependency)
+        );
+        assert_eq!(
+            role_for("tools", "pytest-8-py3-none-any.whl"),
+            Some(InputRole::Tool)
+        );
         assert_eq!(role_for("results", "x.whl"), None);
     }
 

@@ -313,7 +313,10 @@ mod tests {
         assert_eq!(kinds("behaviour"), vec![TaskKind::Behaviour]);
         let full = book.get("recipe").unwrap();
         assert_eq!(full.tasks[0].timeout_s, 900);
-        assert_eq!(full.tasks[5].timeout_s, TaskKind::Metadata.default_timeout_s());
+        assert_eq!(
+            full.tasks[5].timeout_s,
+            TaskKind::Metadata.default_timeout_s()
+        );
     }
 
     #[test]
@@ -337,13 +340,27 @@ mod tests {
     fn invalid_recipes_say_what_is_wrong() {
         let cases = [
             ("", "no [[task]]"),
-            ("[[task]]\nkind = \"install\"\n[[task]]\nkind = \"install\"\n", "appears twice"),
-            ("[[task]]\nkind = \"import\"\n", "needs an install task before it"),
-            ("[[task]]\nkind = \"tests\"\ntimeout_s = 0\n", "timeout_s = 0"),
-            ("[[task]]\nkind = \"tests\"\ntimeout_s = 86401\n", "timeout_s = 86401"),
+            (
+                "[[task]]\nkind = \"install\"\n[[task]]\nkind = \"install\"\n",
+                "appears twice",
+            ),
+            (
+                "[[task]]\nkind = \"import\"\n",
+                "needs an install task before it",
+            ),
+            (
+                "[[task]]\nkind = \"tests\"\ntimeout_s = 0\n",
+                "timeout_s = 0",
+            ),
+            (
+                "[[task]]\nkind = \"tests\"\ntimeout_s = 86401\n",
+                "timeout_s = 86401",
+            ),
         ];
         for (text, expected) in cases {
-            let error = Recipe::from_toml("r", text, "r.toml").unwrap_err().to_string();
+            let error = Recipe::from_toml("r", text, "r.toml")
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
         let error = Recipe::from_toml("Bad Name", "[[task]]\nkind=\"install\"\n", "x")
@@ -361,7 +378,10 @@ mod tests {
         ] {
             let error = Recipe::from_toml("r", text, "dir/r.toml").unwrap_err();
             assert!(matches!(error, RecipeError::Syntax { .. }), "{text:?}");
-            assert!(error.to_string().starts_with("recipe dir/r.toml: "), "{error}");
+            assert!(
+                error.to_string().starts_with("recipe dir/r.toml: "),
+                "{error}"
+            );
         }
     }
 
@@ -373,7 +393,11 @@ mod tests {
             "[[task]]\nkind = \"install\"\ntimeout_s = 10\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("lint.toml"), "[[task]]\nkind = \"quality\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("lint.toml"),
+            "[[task]]\nkind = \"quality\"\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("README"), "not a recipe").unwrap();
         let book = RecipeBook::with_overrides(dir.path()).unwrap();
         assert_eq!(
@@ -384,7 +408,9 @@ mod tests {
         assert_eq!(book.get("install").unwrap().tasks[0].timeout_s, 10);
 
         std::fs::write(dir.path().join("broken.toml"), "[[task]]\n").unwrap();
-        let error = RecipeBook::with_overrides(dir.path()).unwrap_err().to_string();
+        let error = RecipeBook::with_overrides(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("broken.toml"), "{error}");
     }
 
@@ -392,7 +418,10 @@ mod tests {
     fn recipes_round_trip_through_json() {
         let recipe = RecipeBook::embedded().get("recipe").unwrap().clone();
         let json = serde_json::to_string(&recipe).unwrap();
-        assert!(json.contains("\"kind\":\"install\",\"timeout_s\":900"), "{json}");
+        assert!(
+            json.contains("\"kind\":\"install\",\"timeout_s\":900"),
+            "{json}"
+        );
         let back: Recipe = serde_json::from_str(&json).unwrap();
         assert_eq!(back, recipe);
     }

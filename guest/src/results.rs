@@ -292,10 +292,12 @@ fn metrics_of(task: &TaskResult) -> Option<&TaskMetrics> {
 /// the environment is reported as `wrote_outside_environment`, the more precise name.
 pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     let find = |kind: TaskKind| tasks.iter().find(|t| t.name == kind);
-    let verdict = find(TaskKind::Behaviour).and_then(metrics_of).and_then(|m| match m {
-        TaskMetrics::Behaviour(report) => Some(report.verdict),
-        _ => None,
-    });
+    let verdict = find(TaskKind::Behaviour)
+        .and_then(metrics_of)
+        .and_then(|m| match m {
+            TaskMetrics::Behaviour(report) => Some(report.verdict),
+            _ => None,
+        });
     let reasons = || {
         find(TaskKind::Behaviour)
             .map(|t| t.message.clone())
@@ -313,10 +315,16 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
         }
     }
     if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::Error) {
-        return (Outcome::AgentError, format!("{}: {}", task.name, task.message));
+        return (
+            Outcome::AgentError,
+            format!("{}: {}", task.name, task.message),
+        );
     }
     if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::TimedOut) {
-        return (Outcome::Deadline, format!("{}: {}", task.name, task.message));
+        return (
+            Outcome::Deadline,
+            format!("{}: {}", task.name, task.message),
+        );
     }
     if let Some(task) = find(TaskKind::Tests).filter(|t| t.status == TaskStatus::Failed) {
         return (Outcome::TestsFailed, format!("tests: {}", task.message));
@@ -336,10 +344,12 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     if verdict == Some(Verdict::Suspicious) {
         return (Outcome::WroteOutsideEnvironment, reasons());
     }
-    let weird = find(TaskKind::Install).and_then(metrics_of).and_then(|m| match m {
-        TaskMetrics::Install(install) if install.weird_place_count > 0 => Some(install),
-        _ => None,
-    });
+    let weird = find(TaskKind::Install)
+        .and_then(metrics_of)
+        .and_then(|m| match m {
+            TaskMetrics::Install(install) if install.weird_place_count > 0 => Some(install),
+            _ => None,
+        });
     if let Some(install) = weird {
         return (
             Outcome::WroteOutsideEnvironment,
@@ -352,7 +362,10 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     if let Some(task) = find(TaskKind::Quality).filter(|t| t.status == TaskStatus::Failed) {
         return (Outcome::QualityIssues, format!("quality: {}", task.message));
     }
-    (Outcome::Passed, "every task passed or was skipped".to_string())
+    (
+        Outcome::Passed,
+        "every task passed or was skipped".to_string(),
+    )
 }
 
 /// Caps for [`parse_results`].
@@ -395,7 +408,9 @@ pub enum ResultsError {
     #[error("results.json does not parse: {0}")]
     Syntax(String),
     /// Written by an agent speaking another version.
-    #[error("results.json has schema_version {found:?}; this reader accepts {RESULTS_SCHEMA_VERSION}")]
+    #[error(
+        "results.json has schema_version {found:?}; this reader accepts {RESULTS_SCHEMA_VERSION}"
+    )]
     Version {
         /// What the file says.
         found: Option<serde_json::Value>,
@@ -452,14 +467,22 @@ fn check_caps(
     at: &mut String,
 ) -> Result<(), ResultsError> {
     let over = |at: &str, problem: String| ResultsError::OverLimit {
-        at: if at.is_empty() { "/".to_string() } else { at.to_string() },
+        at: if at.is_empty() {
+            "/".to_string()
+        } else {
+            at.to_string()
+        },
         problem,
     };
     let check_string = |at: &str, text: &str| {
         if text.len() > limits.max_string_bytes {
             return Err(over(
                 at,
-                format!("a string of {} bytes; the limit is {}", text.len(), limits.max_string_bytes),
+                format!(
+                    "a string of {} bytes; the limit is {}",
+                    text.len(),
+                    limits.max_string_bytes
+                ),
             ));
         }
         Ok(())
@@ -470,7 +493,11 @@ fn check_caps(
             if items.len() > limits.max_items {
                 return Err(over(
                     at,
-                    format!("{} elements; the limit is {}", items.len(), limits.max_items),
+                    format!(
+                        "{} elements; the limit is {}",
+                        items.len(),
+                        limits.max_items
+                    ),
                 ));
             }
             for (index, item) in items.iter().enumerate() {
@@ -485,7 +512,11 @@ fn check_caps(
             if members.len() > limits.max_items {
                 return Err(over(
                     at,
-                    format!("{} members; the limit is {}", members.len(), limits.max_items),
+                    format!(
+                        "{} members; the limit is {}",
+                        members.len(),
+                        limits.max_items
+                    ),
                 ));
             }
             for (key, item) in members {

@@ -24,9 +24,12 @@ fn behaviour(trace: &str) -> TaskMetrics {
     TaskMetrics::Behaviour(observations.report())
 }
 
-const KEY_READ: &str = r#"1 10:00:00.000000 openat(AT_FDCWD</w>, "/h/.ssh/id_rsa", O_RDONLY) = 3</h/.ssh/id_rsa>"#;
-const SHELL: &str = r#"1 10:00:00.000000 execve("/bin/sh", ["sh", "-c", "x"], 0x1 /* 1 var */) = 0"#;
-const WRITE: &str = r#"1 10:00:00.000000 openat(AT_FDCWD</w>, "/h/marker", O_WRONLY|O_CREAT, 0644) = 3</h/marker>"#;
+const KEY_READ: &str =
+    r#"1 10:00:00.000000 openat(AT_FDCWD</w>, "/h/.ssh/id_rsa", O_RDONLY) = 3</h/.ssh/id_rsa>"#;
+const SHELL: &str =
+    r#"1 10:00:00.000000 execve("/bin/sh", ["sh", "-c", "x"], 0x1 /* 1 var */) = 0"#;
+const WRITE: &str =
+    r#"1 10:00:00.000000 openat(AT_FDCWD</w>, "/h/marker", O_WRONLY|O_CREAT, 0644) = 3</h/marker>"#;
 
 fn install_metrics(weird: u64) -> TaskMetrics {
     TaskMetrics::Install(InstallMetrics {
@@ -71,7 +74,11 @@ fn sample() -> Results {
             verified: true,
         }],
         tasks: vec![
-            task(TaskKind::Install, TaskStatus::Passed, Some(install_metrics(1))),
+            task(
+                TaskKind::Install,
+                TaskStatus::Passed,
+                Some(install_metrics(1)),
+            ),
             task(
                 TaskKind::Import,
                 TaskStatus::Failed,
@@ -83,7 +90,11 @@ fn sample() -> Results {
                     }],
                 })),
             ),
-            task(TaskKind::Behaviour, TaskStatus::Failed, Some(behaviour(&format!("{KEY_READ}\n{SHELL}\n{WRITE}")))),
+            task(
+                TaskKind::Behaviour,
+                TaskStatus::Failed,
+                Some(behaviour(&format!("{KEY_READ}\n{SHELL}\n{WRITE}"))),
+            ),
             task(
                 TaskKind::Tests,
                 TaskStatus::Failed,
@@ -130,30 +141,70 @@ fn outcomes_follow_the_precedence() {
     use TaskStatus::*;
     let passed = |kind| task(kind, Passed, None);
     let cases: Vec<(Vec<TaskResult>, Outcome)> = vec![
-        (vec![passed(Install), passed(Import), passed(Tests)], Outcome::Passed),
-        (vec![], Outcome::Passed),
-        (vec![task(Install, Failed, None), task(Import, Skipped, None)], Outcome::InstallFailed),
-        (vec![passed(Install), task(Import, Failed, None)], Outcome::ImportFailed),
-        (vec![passed(Install), task(Tests, Failed, None)], Outcome::TestsFailed),
-        (vec![passed(Install), task(Tests, TimedOut, None)], Outcome::Deadline),
-        (vec![passed(Install), task(Quality, Error, None)], Outcome::AgentError),
-        (vec![passed(Install), task(Quality, Failed, None)], Outcome::QualityIssues),
         (
-            vec![task(Install, Failed, None), task(Behaviour, Failed, Some(behaviour(KEY_READ)))],
+            vec![passed(Install), passed(Import), passed(Tests)],
+            Outcome::Passed,
+        ),
+        (vec![], Outcome::Passed),
+        (
+            vec![task(Install, Failed, None), task(Import, Skipped, None)],
+            Outcome::InstallFailed,
+        ),
+        (
+            vec![passed(Install), task(Import, Failed, None)],
+            Outcome::ImportFailed,
+        ),
+        (
+            vec![passed(Install), task(Tests, Failed, None)],
+            Outcome::TestsFailed,
+        ),
+        (
+            vec![passed(Install), task(Tests, TimedOut, None)],
+            Outcome::Deadline,
+        ),
+        (
+            vec![passed(Install), task(Quality, Error, None)],
+            Outcome::AgentError,
+        ),
+        (
+            vec![passed(Install), task(Quality, Failed, None)],
+            Outcome::QualityIssues,
+        ),
+        (
+            vec![
+                task(Install, Failed, None),
+                task(Behaviour, Failed, Some(behaviour(KEY_READ))),
+            ],
             Outcome::HarmfulBehaviour,
         ),
         (
-            vec![task(Behaviour, Failed, Some(behaviour(SHELL))), task(Tests, Failed, None)],
+            vec![
+                task(Behaviour, Failed, Some(behaviour(SHELL))),
+                task(Tests, Failed, None),
+            ],
             Outcome::TestsFailed,
         ),
-        (vec![task(Behaviour, Failed, Some(behaviour(SHELL)))], Outcome::SuspiciousBehaviour),
         (
-            vec![task(Behaviour, Failed, Some(behaviour(&format!("{SHELL}\n{WRITE}"))))],
+            vec![task(Behaviour, Failed, Some(behaviour(SHELL)))],
             Outcome::SuspiciousBehaviour,
         ),
-        (vec![task(Behaviour, Failed, Some(behaviour(WRITE)))], Outcome::WroteOutsideEnvironment),
         (
-            vec![task(Install, Passed, Some(install_metrics(2))), task(Quality, Failed, None)],
+            vec![task(
+                Behaviour,
+                Failed,
+                Some(behaviour(&format!("{SHELL}\n{WRITE}"))),
+            )],
+            Outcome::SuspiciousBehaviour,
+        ),
+        (
+            vec![task(Behaviour, Failed, Some(behaviour(WRITE)))],
+            Outcome::WroteOutsideEnvironment,
+        ),
+        (
+            vec![
+                task(Install, Passed, Some(install_metrics(2))),
+                task(Quality, Failed, None),
+            ],
             Outcome::WroteOutsideEnvironment,
         ),
         (
@@ -206,7 +257,10 @@ fn farm_faults_are_exactly_the_farm_outcomes() {
 fn results_round_trip_through_the_strict_reader() {
     let results = sample();
     let bytes = serde_json::to_vec(&results).unwrap();
-    assert_eq!(parse_results(&bytes, &ResultsLimits::default()).unwrap(), results);
+    assert_eq!(
+        parse_results(&bytes, &ResultsLimits::default()).unwrap(),
+        results
+    );
 }
 
 #[test]
@@ -215,7 +269,10 @@ fn the_sample_matches_the_json_schema() {
         serde_json::from_str(include_str!("../../schemas/results.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let value = serde_json::to_value(sample()).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
     assert!(errors.is_empty(), "{errors:#?}");
     let mut bad = value.clone();
     bad["tasks"][0]["status"] = serde_json::json!("fine");
@@ -246,7 +303,9 @@ fn the_reader_refuses_hostile_input() {
 
     let mut version = good.clone();
     version["schema_version"] = serde_json::json!(2);
-    assert!(refuse(version.to_string().as_bytes(), &limits).contains("schema_version Some(Number(2))"));
+    assert!(
+        refuse(version.to_string().as_bytes(), &limits).contains("schema_version Some(Number(2))")
+    );
 
     let mut unknown = good.clone();
     unknown["tasks"][0]["extra"] = serde_json::json!(true);

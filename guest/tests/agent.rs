@@ -9,8 +9,8 @@ use pyti_guest::behaviour::classify::{PersistenceKind, ProgramKind, SensitiveKin
 use pyti_guest::behaviour::{BehaviourReport, DnsLookup, Phase, Rule, Verdict};
 use pyti_guest::recipe::{Recipe, RecipeBook, TaskKind, TaskSpec};
 use pyti_guest::results::{
-    FileChange, ImportMetrics, InstallMetrics, ModuleImport, Outcome, QualityMetrics,
-    TaskMetrics, TaskStatus, TestsMetrics,
+    FileChange, ImportMetrics, InstallMetrics, ModuleImport, Outcome, QualityMetrics, TaskMetrics,
+    TaskStatus, TestsMetrics,
 };
 use support::{run_fixture, Run};
 
@@ -19,7 +19,11 @@ fn full_recipe() -> Recipe {
 }
 
 fn statuses(run: &Run) -> Vec<(TaskKind, TaskStatus)> {
-    run.results.tasks.iter().map(|t| (t.name, t.status)).collect()
+    run.results
+        .tasks
+        .iter()
+        .map(|t| (t.name, t.status))
+        .collect()
 }
 
 fn install(run: &Run) -> &InstallMetrics {
@@ -74,9 +78,16 @@ fn assert_clean_behaviour(run: &Run) {
     assert!(report.reasons.is_empty());
     assert!(report.network.is_empty() && report.dns.is_empty());
     assert!(report.sensitive_reads.is_empty() && report.persistence.is_empty());
-    assert!(report.writes_outside.is_empty(), "{:#?}", report.writes_outside);
     assert!(
-        report.processes.iter().all(|p| matches!(p.kind, ProgramKind::Expected | ProgramKind::Other)),
+        report.writes_outside.is_empty(),
+        "{:#?}",
+        report.writes_outside
+    );
+    assert!(
+        report
+            .processes
+            .iter()
+            .all(|p| matches!(p.kind, ProgramKind::Expected | ProgramKind::Other)),
         "{:#?}",
         report.processes
     );
@@ -86,16 +97,36 @@ fn assert_clean_behaviour(run: &Run) {
 fn clean_fixture_passes_every_task() {
     let run = run_fixture("clean", full_recipe());
     expect_statuses(&run, [Passed, Passed, Passed, Passed, Passed, Skipped]);
-    assert_eq!(run.results.outcome, Outcome::Passed, "{}", run.results.outcome_detail);
+    assert_eq!(
+        run.results.outcome,
+        Outcome::Passed,
+        "{}",
+        run.results.outcome_detail
+    );
     assert!(run.results.inputs.iter().all(|i| i.verified));
-    assert!(run.results.platform.python_version.as_deref().unwrap().starts_with("3."));
-    assert_eq!(run.results.platform.image_hash.as_deref(), Some("host-mode"));
+    assert!(run
+        .results
+        .platform
+        .python_version
+        .as_deref()
+        .unwrap()
+        .starts_with("3."));
+    assert_eq!(
+        run.results.platform.image_hash.as_deref(),
+        Some("host-mode")
+    );
 
     let installed = install(&run);
     assert_eq!(installed.installed_from, "dist/pyti-clean-1.0.tar.gz");
     assert_eq!(installed.pip_exit_code, Some(0));
-    assert!(installed.installed_files.contains(&"pyti_clean/__init__.py".to_string()));
-    assert_eq!(installed.weird_place_count, 0, "{:#?}", installed.weird_places);
+    assert!(installed
+        .installed_files
+        .contains(&"pyti_clean/__init__.py".to_string()));
+    assert_eq!(
+        installed.weird_place_count, 0,
+        "{:#?}",
+        installed.weird_places
+    );
     assert_eq!(
         run.task(TaskKind::Import).metrics,
         Some(TaskMetrics::Import(ImportMetrics {
@@ -147,7 +178,10 @@ fn install_failure_is_reported_and_dependent_tasks_skipped() {
 fn writes_outside_the_environment_are_found_by_snapshot_and_trace() {
     let run = run_fixture("weird", full_recipe());
     expect_statuses(&run, [Passed, Passed, Failed, Skipped, Passed, Skipped]);
-    assert_eq!(run.task(TaskKind::Tests).message, "pytest collected no tests");
+    assert_eq!(
+        run.task(TaskKind::Tests).message,
+        "pytest collected no tests"
+    );
     assert_eq!(run.results.outcome, Outcome::WroteOutsideEnvironment);
     let marker = run.home_path("pyti-weird-marker.txt");
     let weird: Vec<(&str, FileChange)> = install(&run)
@@ -158,7 +192,11 @@ fn writes_outside_the_environment_are_found_by_snapshot_and_trace() {
     assert_eq!(weird, vec![(marker.as_str(), FileChange::Created)]);
     let report = behaviour(&run);
     assert_eq!(report.verdict, Verdict::Suspicious);
-    let written: Vec<&str> = report.writes_outside.iter().map(|w| w.path.as_str()).collect();
+    let written: Vec<&str> = report
+        .writes_outside
+        .iter()
+        .map(|w| w.path.as_str())
+        .collect();
     assert_eq!(written, vec![marker.as_str()]);
     assert!(!report.reasons.is_empty());
     assert!(report
@@ -176,7 +214,13 @@ fn pep8_errors_are_counted_by_code() {
     let quality = quality(&run);
     assert_eq!(
         quality.pycodestyle.by_code,
-        codes(&[("E201", 1), ("E202", 1), ("E203", 1), ("E225", 1), ("E302", 1)])
+        codes(&[
+            ("E201", 1),
+            ("E202", 1),
+            ("E203", 1),
+            ("E225", 1),
+            ("E302", 1)
+        ])
     );
     assert_eq!(quality.pycodestyle.total, 5);
     assert_eq!(quality.pyflakes.total, 0);
@@ -202,7 +246,14 @@ fn hostile_fixture_is_malicious_with_every_attempt_listed() {
     let network: Vec<(&str, &str, u16, &str)> = report
         .network
         .iter()
-        .map(|n| (n.syscall.as_str(), n.address.as_str(), n.port, n.result.as_str()))
+        .map(|n| {
+            (
+                n.syscall.as_str(),
+                n.address.as_str(),
+                n.port,
+                n.result.as_str(),
+            )
+        })
         .collect();
     assert_eq!(network, vec![("connect", "127.0.0.1", 9, "ECONNREFUSED")]);
     let key = run.home_path(".ssh/id_rsa");
@@ -218,14 +269,28 @@ fn hostile_fixture_is_malicious_with_every_attempt_listed() {
         .filter(|p| !matches!(p.kind, ProgramKind::Expected | ProgramKind::Other))
         .map(|p| &p.argv)
         .collect();
-    assert_eq!(shells, vec![&vec!["sh".to_string(), "-c".into(), "echo pyti-fixture".into()]]);
+    assert_eq!(
+        shells,
+        vec![&vec![
+            "sh".to_string(),
+            "-c".into(),
+            "echo pyti-fixture".into()
+        ]]
+    );
     let persistence: Vec<(&str, PersistenceKind, &str)> = report
         .persistence
         .iter()
         .map(|p| (p.path.as_str(), p.kind, p.result.as_str()))
         .collect();
-    assert_eq!(persistence, vec![("/etc/cron.d/pyti-fixture", PersistenceKind::Cron, "ok")]);
-    let mut rules: Vec<(Verdict, Rule)> = report.reasons.iter().map(|r| (r.severity, r.rule)).collect();
+    assert_eq!(
+        persistence,
+        vec![("/etc/cron.d/pyti-fixture", PersistenceKind::Cron, "ok")]
+    );
+    let mut rules: Vec<(Verdict, Rule)> = report
+        .reasons
+        .iter()
+        .map(|r| (r.severity, r.rule))
+        .collect();
     rules.dedup();
     assert_eq!(
         rules,
@@ -237,7 +302,11 @@ fn hostile_fixture_is_malicious_with_every_attempt_listed() {
             (Verdict::Suspicious, Rule::ShellSpawned),
         ]
     );
-    let weird: Vec<&str> = install(&run).weird_places.iter().map(|w| w.path.as_str()).collect();
+    let weird: Vec<&str> = install(&run)
+        .weird_places
+        .iter()
+        .map(|w| w.path.as_str())
+        .collect();
     assert_eq!(weird, vec!["/etc/cron.d/pyti-fixture"]);
 }
 
@@ -271,7 +340,10 @@ fn a_hanging_task_times_out_and_the_next_one_still_runs() {
         ]
     );
     assert_eq!(run.results.outcome, Outcome::Deadline);
-    assert!(run.task(TaskKind::Tests).message.contains("deadline of 20 s"));
+    assert!(run
+        .task(TaskKind::Tests)
+        .message
+        .contains("deadline of 20 s"));
     let log = std::fs::read_to_string(run.io.path().join("results/logs/tests.log")).unwrap();
     assert!(log.contains("killed at the deadline"), "{log}");
 }

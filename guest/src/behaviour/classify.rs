@@ -127,8 +127,7 @@ pub fn is_within(path: &str, prefix: &str) -> bool {
     if prefix.is_empty() {
         return path.starts_with('/');
     }
-    path == prefix
-        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
 /// The part of `path` below a home directory (the job's `home`, `/root`, `/home/<user>`).
@@ -169,7 +168,11 @@ pub fn sensitive_kind(path: &str, home: &str) -> Option<SensitiveKind> {
 /// Which kind of persistence a write to `path` sets up, if any. `.pth` and
 /// `sitecustomize`/`usercustomize` files count only when the caller already knows the
 /// write is outside the environment.
-pub fn persistence_kind(path: &str, home: &str, outside_environment: bool) -> Option<PersistenceKind> {
+pub fn persistence_kind(
+    path: &str,
+    home: &str,
+    outside_environment: bool,
+) -> Option<PersistenceKind> {
     if let Some(rest) = below_home(path, home) {
         if let Some((_, kind)) = HOME_PERSISTENCE.iter().find(|(p, _)| is_within(rest, p)) {
             return Some(*kind);
@@ -179,9 +182,8 @@ pub fn persistence_kind(path: &str, home: &str, outside_environment: bool) -> Op
         return Some(*kind);
     }
     let name = path.rsplit('/').next().unwrap_or(path);
-    let startup = name.ends_with(".pth")
-        || name == "sitecustomize.py"
-        || name == "usercustomize.py";
+    let startup =
+        name.ends_with(".pth") || name == "sitecustomize.py" || name == "usercustomize.py";
     (outside_environment && startup).then_some(PersistenceKind::PythonStartup)
 }
 
@@ -218,12 +220,37 @@ pub fn program_kind(path: &str) -> ProgramKind {
         .strip_prefix("python")
         .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == '.'));
     let compiler = [
-        "cc", "c++", "gcc", "g++", "cpp", "ld", "ld.bfd", "ld.gold", "as", "ar", "ranlib",
-        "strip", "collect2", "cc1", "cc1plus", "lto-wrapper", "clang", "clang++",
-        "gfortran", "rustc", "cargo",
+        "cc",
+        "c++",
+        "gcc",
+        "g++",
+        "cpp",
+        "ld",
+        "ld.bfd",
+        "ld.gold",
+        "as",
+        "ar",
+        "ranlib",
+        "strip",
+        "collect2",
+        "cc1",
+        "cc1plus",
+        "lto-wrapper",
+        "clang",
+        "clang++",
+        "gfortran",
+        "rustc",
+        "cargo",
     ];
     let build = [
-        "make", "cmake", "ninja", "pkg-config", "git", "uname", "ldconfig", "lsb_release",
+        "make",
+        "cmake",
+        "ninja",
+        "pkg-config",
+        "git",
+        "uname",
+        "ldconfig",
+        "lsb_release",
     ];
     if is_python
         || compiler.contains(&name)
@@ -242,14 +269,38 @@ pub fn program_kind(path: &str) -> ProgramKind {
         return ProgramKind::Shell;
     }
     if [
-        "curl", "wget", "nc", "ncat", "netcat", "nc.openbsd", "nc.traditional", "socat",
-        "ssh", "scp", "sftp", "telnet", "ftp", "rsync", "dig", "nslookup", "host",
+        "curl",
+        "wget",
+        "nc",
+        "ncat",
+        "netcat",
+        "nc.openbsd",
+        "nc.traditional",
+        "socat",
+        "ssh",
+        "scp",
+        "sftp",
+        "telnet",
+        "ftp",
+        "rsync",
+        "dig",
+        "nslookup",
+        "host",
     ]
     .contains(&name)
     {
         return ProgramKind::NetworkTool;
     }
-    if ["crontab", "systemctl", "at", "batch", "update-rc.d", "launchctl"].contains(&name) {
+    if [
+        "crontab",
+        "systemctl",
+        "at",
+        "batch",
+        "update-rc.d",
+        "launchctl",
+    ]
+    .contains(&name)
+    {
         return ProgramKind::PersistenceTool;
     }
     ProgramKind::Other
@@ -292,22 +343,43 @@ mod tests {
             ("/etc/ssh/ssh_host_rsa_key", Some(SensitiveKind::SshKey)),
             ("/etc/ssh/ssh_host_rsa_key.pub", None),
             ("/etc/ssh/sshd_config", None),
-            ("/root/.aws/credentials", Some(SensitiveKind::CloudCredentials)),
-            ("/root/.config/gcloud/credentials.db", Some(SensitiveKind::CloudCredentials)),
-            ("/root/.azure/accessTokens.json", Some(SensitiveKind::CloudCredentials)),
+            (
+                "/root/.aws/credentials",
+                Some(SensitiveKind::CloudCredentials),
+            ),
+            (
+                "/root/.config/gcloud/credentials.db",
+                Some(SensitiveKind::CloudCredentials),
+            ),
+            (
+                "/root/.azure/accessTokens.json",
+                Some(SensitiveKind::CloudCredentials),
+            ),
             ("/root/.kube/config", Some(SensitiveKind::CloudCredentials)),
             ("/root/.netrc", Some(SensitiveKind::Credentials)),
             ("/root/.pypirc", Some(SensitiveKind::Credentials)),
             ("/root/.git-credentials", Some(SensitiveKind::Credentials)),
-            ("/root/.gnupg/private-keys-v1.d/x.key", Some(SensitiveKind::Credentials)),
+            (
+                "/root/.gnupg/private-keys-v1.d/x.key",
+                Some(SensitiveKind::Credentials),
+            ),
             ("/root/.bash_history", Some(SensitiveKind::ShellHistory)),
             ("/home/bob/.zsh_history", Some(SensitiveKind::ShellHistory)),
             ("/etc/shadow", Some(SensitiveKind::SystemSecrets)),
             ("/etc/gshadow", Some(SensitiveKind::SystemSecrets)),
             ("/etc/sudoers.d/admins", Some(SensitiveKind::SystemSecrets)),
-            ("/root/.mozilla/firefox/x.default/logins.json", Some(SensitiveKind::BrowserProfile)),
-            ("/root/.config/google-chrome/Default/Cookies", Some(SensitiveKind::BrowserProfile)),
-            ("/root/.config/chromium/Default/Login Data", Some(SensitiveKind::BrowserProfile)),
+            (
+                "/root/.mozilla/firefox/x.default/logins.json",
+                Some(SensitiveKind::BrowserProfile),
+            ),
+            (
+                "/root/.config/google-chrome/Default/Cookies",
+                Some(SensitiveKind::BrowserProfile),
+            ),
+            (
+                "/root/.config/chromium/Default/Login Data",
+                Some(SensitiveKind::BrowserProfile),
+            ),
             ("/etc/passwd", None),
             ("/etc/shadowfax", None),
             ("/root/.sshd", None),
@@ -327,20 +399,56 @@ mod tests {
             ("/etc/cron.d/pyti", false, Some(PersistenceKind::Cron)),
             ("/etc/crontab", false, Some(PersistenceKind::Cron)),
             ("/etc/cron.daily/x", false, Some(PersistenceKind::Cron)),
-            ("/var/spool/cron/crontabs/root", false, Some(PersistenceKind::Cron)),
-            ("/tmp/job/home/.bashrc", false, Some(PersistenceKind::ShellRc)),
+            (
+                "/var/spool/cron/crontabs/root",
+                false,
+                Some(PersistenceKind::Cron),
+            ),
+            (
+                "/tmp/job/home/.bashrc",
+                false,
+                Some(PersistenceKind::ShellRc),
+            ),
             ("/root/.profile", false, Some(PersistenceKind::ShellRc)),
             ("/etc/profile.d/x.sh", false, Some(PersistenceKind::ShellRc)),
             ("/etc/bash.bashrc", false, Some(PersistenceKind::ShellRc)),
-            ("/etc/systemd/system/x.service", false, Some(PersistenceKind::Service)),
-            ("/root/.config/systemd/user/x.service", false, Some(PersistenceKind::Service)),
+            (
+                "/etc/systemd/system/x.service",
+                false,
+                Some(PersistenceKind::Service),
+            ),
+            (
+                "/root/.config/systemd/user/x.service",
+                false,
+                Some(PersistenceKind::Service),
+            ),
             ("/etc/init.d/x", false, Some(PersistenceKind::Service)),
-            ("/root/.config/autostart/x.desktop", false, Some(PersistenceKind::Autostart)),
-            ("/etc/xdg/autostart/x.desktop", false, Some(PersistenceKind::Autostart)),
-            ("/root/.ssh/authorized_keys", false, Some(PersistenceKind::AuthorizedKeys)),
+            (
+                "/root/.config/autostart/x.desktop",
+                false,
+                Some(PersistenceKind::Autostart),
+            ),
+            (
+                "/etc/xdg/autostart/x.desktop",
+                false,
+                Some(PersistenceKind::Autostart),
+            ),
+            (
+                "/root/.ssh/authorized_keys",
+                false,
+                Some(PersistenceKind::AuthorizedKeys),
+            ),
             ("/etc/ld.so.preload", false, Some(PersistenceKind::Preload)),
-            ("/usr/lib/python3/dist-packages/evil.pth", true, Some(PersistenceKind::PythonStartup)),
-            ("/usr/lib/python3.11/sitecustomize.py", true, Some(PersistenceKind::PythonStartup)),
+            (
+                "/usr/lib/python3/dist-packages/evil.pth",
+                true,
+                Some(PersistenceKind::PythonStartup),
+            ),
+            (
+                "/usr/lib/python3.11/sitecustomize.py",
+                true,
+                Some(PersistenceKind::PythonStartup),
+            ),
             ("/w/venv/lib/python3.11/site-packages/x.pth", false, None),
             ("/etc/cron.dx", false, None),
             ("/etc/hosts", false, None),

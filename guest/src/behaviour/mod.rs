@@ -10,12 +10,12 @@
 
 pub mod classify;
 pub mod strace;
+mod verdict;
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::results::MAX_LISTED;
 use classify::{PersistenceKind, ProgramKind, SensitiveKind};
 use strace::{SocketAddress, Syscall};
 
@@ -284,7 +284,13 @@ impl Observations {
 
     /// The absolute path a path argument names, from the `-y` result, the directory
     /// descriptor, or the process's working directory.
-    fn resolve(&self, call: &Syscall, dirfd: Option<&str>, path: &str, context: &TraceContext) -> String {
+    fn resolve(
+        &self,
+        call: &Syscall,
+        dirfd: Option<&str>,
+        path: &str,
+        context: &TraceContext,
+    ) -> String {
         let base = match dirfd.map(strace::fd_path) {
             Some((_, Some(dir))) => dir.to_string(),
             _ => self.cwd_of(call.pid, context),
@@ -303,7 +309,11 @@ impl Observations {
         let text = |index: usize| arg(index).and_then(strace::decode_text);
         match call.name.as_str() {
             "execve" | "execveat" => {
-                let (path_at, argv_at) = if call.name == "execve" { (0, 1) } else { (1, 2) };
+                let (path_at, argv_at) = if call.name == "execve" {
+                    (0, 1)
+                } else {
+                    (1, 2)
+                };
                 let (Some(path), Some(argv)) = (text(path_at), arg(argv_at)) else {
                     return;
                 };
@@ -343,9 +353,7 @@ impl Observations {
                 }
             }
             "rename" | "link" | "symlink" => self.write_at(phase, call, None, 1, context),
-            "renameat" | "renameat2" | "linkat" => {
-                self.write_at(phase, call, arg(2), 3, context)
-            }
+            "renameat" | "renameat2" | "linkat" => self.write_at(phase, call, arg(2), 3, context),
             "symlinkat" => self.write_at(phase, call, arg(1), 2, context),
             "mkdir" | "unlink" | "truncate" => self.write_at(phase, call, None, 0, context),
             "mkdirat" | "unlinkat" => self.write_at(phase, call, arg(0), 1, context),
@@ -477,7 +485,13 @@ impl Observations {
         }
     }
 
-    fn record_traffic(&mut self, phase: Phase, call: &Syscall, address: &SocketAddress, payloads: &[Vec<u8>]) {
+    fn record_traffic(
+        &mut self,
+        phase: Phase,
+        call: &Syscall,
+        address: &SocketAddress,
+        payloads: &[Vec<u8>],
+    ) {
         match address {
             SocketAddress::Inet {
                 family,
@@ -519,141 +533,6 @@ impl Observations {
             SocketAddress::Other => {}
         }
     }
-
-    /// The report with its verdict; `install_exit_code`/`import_exit_code` are filled by
-    /// the caller.
-    pub fn report(self) -> BehaviourReport {
-        let named: BTreeSet<(Phase, String)> = self
-            .dns
-            .iter()
-            .filter(|lookup| lookup.name.is_some())
-            .map(|lookup| (lookup.phase, lookup.server.clone()))
-            .collect();
-        let dns: Vec<DnsLookup> = self
-            .dns
-            .into_iter()
-            .filter(|l| l.name.is_some() || !named.contains(&(l.phase, l.server.clone())))
-            .collect();
-        let mut reasons = BTreeSet::new();
-        let mut reason = |severity, rule, detail: String| {
-            reasons.insert(Reason {
-                severity,
-                rule,
-                detail,
-            });
-        };
-        for read in &self.sensitive_reads {
-            reason(
-                Verdict::Malicious,
-                Rule::SensitiveFileRead,
-                format!(
-                    "opened {} ({:?}, {}) during {}",
-                    read.path,
-                    read.kind,
-                    read.result,
-                    read.phase.as_str()
-                ),
-            );
-        }
-        for attempt in &self.persistence {
-            reason(
-                Verdict::Malicious,
-                Rule::Persistence,
-                format!(
-                    "{} {} ({:?}, {}) during {}",
-                    attempt.syscall,
-                    attempt.path,
-                    attempt.kind,
-                    attempt.result,
-                    attempt.phase.as_str()
-                ),
-            );
-        }
-        for attempt in &self.network {
-            reason(
-                Verdict::Suspicious,
-                Rule::NetworkAttempt,
-                format!(
-                    "{} to {}:{} ({}) during {}",
-                    attempt.syscall,
-                    attempt.address,
-                    attempt.port,
-                    attempt.result,
-                    attempt.phase.as_str()
-                ),
-            );
-        }
-        for lookup in &dns {
-            reason(
-                Verdict::Suspicious,
-                Rule::DnsLookup,
-                format!(
-                    "looked up {} via {} during {}",
-                    lookup.name.as_deref().unwrap_or("a name"),
-                    lookup.server,
-                    lookup.phase.as_str()
-                ),
-            );
-        }
-        for process in &self.processes {
-            let rule = match process.kind {
-                ProgramKind::Shell => Rule::ShellSpawned,
-                ProgramKind::NetworkTool => Rule::NetworkTool,
-                _ => continue,
-            };
-            reason(
-                Verdict::Suspicious,
-                rule,
-                format!("ran {:?} during {}", process.argv, process.phase.as_str()),
-            );
-        }
-        let persistence_paths: BTreeSet<&str> =
-            self.persistence.iter().map(|p| p.path.as_str()).collect();
-        for write in &self.writes_outside {
-            if !persistence_paths.contains(write.path.as_str()) {
-                reason(
-                    Verdict::Suspicious,
-                    Rule::WriteOutsideEnvironment,
-                    format!(
-                        "{} {} ({}) during {}",
-                        write.syscall,
-                        write.path,
-                        write.result,
-                        write.phase.as_str()
-                    ),
-                );
-            }
-        }
-        let mut reasons: Vec<Reason> = reasons.into_iter().collect();
-        reasons.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.cmp(b)));
-        let verdict = reasons.first().map_or(Verdict::Clean, |r| r.severity);
-        let mut truncated = false;
-        let t = &mut truncated;
-        BehaviourReport {
-            verdict,
-            reasons: cap(reasons, t),
-            network: cap(self.network.into_iter().collect(), t),
-            dns: cap(dns, t),
-            unix_sockets: cap(self.unix_sockets.into_iter().collect(), t),
-            processes: cap(self.processes, t),
-            sensitive_reads: cap(self.sensitive_reads.into_iter().collect(), t),
-            persistence: cap(self.persistence.into_iter().collect(), t),
-            writes_outside: cap(self.writes_outside.into_iter().collect(), t),
-            install_exit_code: None,
-            import_exit_code: None,
-            trace_lines: self.trace_lines,
-            unparsed_lines: self.unparsed_lines,
-            truncated,
-        }
-    }
-}
-
-fn cap<T>(mut list: Vec<T>, truncated: &mut bool) -> Vec<T> {
-    if list.len() > MAX_LISTED {
-        list.truncate(MAX_LISTED);
-        *truncated = true;
-    }
-    list
 }
 
 fn path_ends_with(path: &str, name: &str) -> bool {

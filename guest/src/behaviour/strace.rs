@@ -376,7 +376,11 @@ impl Joiner {
             }
             Some(TraceLine::Resumed { pid, name, tail }) => match self.pending.remove(&pid) {
                 Some((pending_name, head)) if pending_name == name => {
-                    let separator = if head.is_empty() || tail.starts_with(')') { "" } else { " " };
+                    let separator = if head.is_empty() || tail.starts_with(')') {
+                        ""
+                    } else {
+                        " "
+                    };
                     let joined = format!("{name}({head}{separator}{tail}");
                     let call = parse_call(pid, &joined);
                     if call.is_none() {

@@ -80,7 +80,10 @@ fn joins_unfinished_and_resumed_halves_per_process() {
     let mut joiner = Joiner::default();
     let calls: Vec<Syscall> = lines.iter().filter_map(|l| joiner.push(l)).collect();
     assert_eq!(calls.len(), 3);
-    assert_eq!((calls[0].name.as_str(), calls[0].result.as_str()), ("vfork", "6056"));
+    assert_eq!(
+        (calls[0].name.as_str(), calls[0].result.as_str()),
+        ("vfork", "6056")
+    );
     assert!(calls[0].args.is_empty());
     assert_eq!(calls[1].name, "execve");
     assert_eq!(calls[1].pid, 6056);
@@ -93,9 +96,18 @@ fn joins_unfinished_and_resumed_halves_per_process() {
 #[test]
 fn orphaned_halves_are_counted_not_fatal() {
     let mut joiner = Joiner::default();
-    assert_eq!(joiner.push("9 10:00:00.000000 <... read resumed>\"x\", 1) = 1"), None);
-    assert_eq!(joiner.push("9 10:00:00.000000 read(3,  <unfinished ...>"), None);
-    assert_eq!(joiner.push("9 10:00:00.000000 <... write resumed>) = 1"), None);
+    assert_eq!(
+        joiner.push("9 10:00:00.000000 <... read resumed>\"x\", 1) = 1"),
+        None
+    );
+    assert_eq!(
+        joiner.push("9 10:00:00.000000 read(3,  <unfinished ...>"),
+        None
+    );
+    assert_eq!(
+        joiner.push("9 10:00:00.000000 <... write resumed>) = 1"),
+        None
+    );
     assert_eq!(joiner.unparsed, 2);
 }
 
@@ -126,7 +138,9 @@ fn splits_descriptor_paths() {
 #[test]
 fn parses_socket_addresses() {
     assert_eq!(
-        parse_sockaddr(r#"{sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("127.0.0.1")}"#),
+        parse_sockaddr(
+            r#"{sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("127.0.0.1")}"#
+        ),
         Some(SocketAddress::Inet {
             family: "inet",
             address: "127.0.0.1".into(),
@@ -134,7 +148,9 @@ fn parses_socket_addresses() {
         })
     );
     assert_eq!(
-        parse_sockaddr(r#"{sa_family=AF_INET6, sin6_port=htons(9), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}"#),
+        parse_sockaddr(
+            r#"{sa_family=AF_INET6, sin6_port=htons(9), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}"#
+        ),
         Some(SocketAddress::Inet {
             family: "inet6",
             address: "::1".into(),
@@ -159,5 +175,8 @@ fn parses_socket_addresses() {
 #[test]
 fn finds_iov_payloads_in_sendmmsg() {
     let args = r#"[{msg_hdr={msg_name=NULL, msg_namelen=0, msg_iov=[{iov_base="\312|\1\0", iov_len=4}], msg_iovlen=1}, msg_len=4}, {msg_hdr={msg_iov=[{iov_base="0}", iov_len=2}]}}]"#;
-    assert_eq!(iov_payloads(args), vec![b"\xca|\x01\0".to_vec(), b"0}".to_vec()]);
+    assert_eq!(
+        iov_payloads(args),
+        vec![b"\xca|\x01\0".to_vec(), b"0}".to_vec()]
+    );
 }

@@ -48,7 +48,11 @@ fn a_normal_pip_install_and_import_is_clean() {
     assert!(report.reasons.is_empty());
     assert!(report.network.is_empty() && report.dns.is_empty());
     assert!(report.sensitive_reads.is_empty() && report.persistence.is_empty());
-    assert!(report.writes_outside.is_empty(), "{:?}", report.writes_outside);
+    assert!(
+        report.writes_outside.is_empty(),
+        "{:?}",
+        report.writes_outside
+    );
     assert_eq!(report.unix_sockets, vec!["/var/run/nscd/socket"]);
     assert_eq!(report.processes.len(), 3);
     assert!(report
@@ -92,7 +96,14 @@ fn the_hostile_install_is_malicious_with_every_attempt_listed() {
     let network: Vec<(String, String, u16, String)> = report
         .network
         .iter()
-        .map(|n| (n.family.clone(), n.address.clone(), n.port, n.result.clone()))
+        .map(|n| {
+            (
+                n.family.clone(),
+                n.address.clone(),
+                n.port,
+                n.result.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         network,
@@ -109,7 +120,11 @@ fn the_hostile_install_is_malicious_with_every_attempt_listed() {
     assert_eq!(
         sensitive,
         vec![
-            ("/w/home/.aws/credentials", SensitiveKind::CloudCredentials, "ENOENT"),
+            (
+                "/w/home/.aws/credentials",
+                SensitiveKind::CloudCredentials,
+                "ENOENT"
+            ),
             ("/w/home/.ssh/id_rsa", SensitiveKind::SshKey, "ok"),
         ]
     );
@@ -126,7 +141,11 @@ fn the_hostile_install_is_malicious_with_every_attempt_listed() {
             result: "ok".into(),
         }]
     );
-    let rules: Vec<(Verdict, Rule)> = report.reasons.iter().map(|r| (r.severity, r.rule)).collect();
+    let rules: Vec<(Verdict, Rule)> = report
+        .reasons
+        .iter()
+        .map(|r| (r.severity, r.rule))
+        .collect();
     assert_eq!(
         rules,
         vec![
@@ -141,7 +160,7 @@ fn the_hostile_install_is_malicious_with_every_attempt_listed() {
     );
     assert_eq!(
         report.reasons[2].detail,
-        "openat /etc/cron.d/pyti-fixture (Cron, ok) during install"
+        "openat /etc/cron.d/pyti-fixture (cron, ok) during install"
     );
     assert_eq!(
         report.reasons[5].detail,
@@ -249,7 +268,11 @@ fn relative_paths_follow_chdir_and_are_inherited_by_children() {
         paths,
         vec![
             ("/etc/crontab", PersistenceKind::Cron, "EACCES"),
-            ("/w/home/.config/autostart", PersistenceKind::Autostart, "ok"),
+            (
+                "/w/home/.config/autostart",
+                PersistenceKind::Autostart,
+                "ok"
+            ),
         ]
     );
 }
@@ -291,7 +314,8 @@ fn dns_without_a_visible_name_is_still_a_lookup() {
 
 #[test]
 fn repeated_attempts_are_listed_once() {
-    let line = r#"1 10:00:00.000000 openat(AT_FDCWD</x>, "/root/.pypirc", O_RDONLY) = 3</root/.pypirc>"#;
+    let line =
+        r#"1 10:00:00.000000 openat(AT_FDCWD</x>, "/root/.pypirc", O_RDONLY) = 3</root/.pypirc>"#;
     let trace = format!("{line}\n{line}\n{line}\n");
     let report = report_of(&trace, &trace);
     assert_eq!(report.sensitive_reads.len(), 2);
@@ -304,7 +328,10 @@ fn dns_query_names() {
     assert_eq!(dns_query_name(udp).as_deref(), Some("pyti-fixture.invalid"));
     let mut tcp = vec![0u8, 38];
     tcp.extend_from_slice(udp);
-    assert_eq!(dns_query_name(&tcp).as_deref(), Some("pyti-fixture.invalid"));
+    assert_eq!(
+        dns_query_name(&tcp).as_deref(),
+        Some("pyti-fixture.invalid")
+    );
     assert_eq!(dns_query_name(b"\0\0\0"), None);
     assert_eq!(dns_query_name(b"\0\0\0\0\0\0\0\0\0\0\0\0\x05a b\0"), None);
 }

@@ -18,20 +18,41 @@ impl TaskContext<'_> {
         log: &mut TaskLog,
         deadline: Deadline,
     ) -> std::io::Result<TaskOutput> {
-        let install_in_recipe = self.job.recipe.tasks.iter().any(|t| t.kind == TaskKind::Install);
+        let install_in_recipe = self
+            .job
+            .recipe
+            .tasks
+            .iter()
+            .any(|t| t.kind == TaskKind::Install);
         if install_in_recipe && self.install_failed {
             return Ok(skipped("install did not pass"));
         }
         let Some(sdist) = self.sdist().cloned() else {
-            return Ok(skipped("no sdist in dist/: the test suite ships in the sdist"));
+            return Ok(skipped(
+                "no sdist in dist/: the test suite ships in the sdist",
+            ));
         };
-        let dist = self.distribution().cloned().unwrap_or_else(|| sdist.clone());
+        let dist = self
+            .distribution()
+            .cloned()
+            .unwrap_or_else(|| sdist.clone());
         let work = self.work("tests");
         let archive = self.options.io_dir.join(&sdist.path);
-        let (root, finished) =
-            env::extract(&self.children, &self.python, &archive, &work.join("src"), log, deadline)?;
+        let (root, finished) = env::extract(
+            &self.children,
+            &self.python,
+            &archive,
+            &work.join("src"),
+            log,
+            deadline,
+        )?;
         let Some(root) = root else {
-            return Ok(timed_out_or(finished.timed_out, "extracting the sdist", spec, "cannot extract the sdist"));
+            return Ok(timed_out_or(
+                finished.timed_out,
+                "extracting the sdist",
+                spec,
+                "cannot extract the sdist",
+            ));
         };
         let venv = match self.venv("tests", spec, log, deadline)? {
             Ok(venv) => venv,
@@ -95,7 +116,11 @@ impl TaskContext<'_> {
             TaskStatus::Error => format!("pytest exited with {:?}: {line}", finished.exit_code),
             _ => line,
         };
-        Ok(TaskOutput::with(status, message, Some(TaskMetrics::Tests(metrics))))
+        Ok(TaskOutput::with(
+            status,
+            message,
+            Some(TaskMetrics::Tests(metrics)),
+        ))
     }
 
     pub(super) fn quality(
@@ -117,7 +142,12 @@ impl TaskContext<'_> {
             deadline,
         )?;
         let Some(root) = root else {
-            return Ok(timed_out_or(finished.timed_out, "extracting the sources", spec, "cannot extract the sources"));
+            return Ok(timed_out_or(
+                finished.timed_out,
+                "extracting the sources",
+                spec,
+                "cannot extract the sources",
+            ));
         };
         let (files, lines) = env::python_sources(&root);
         if files.is_empty() {
@@ -175,7 +205,11 @@ impl TaskContext<'_> {
             pyflakes,
             score,
         };
-        Ok(TaskOutput::with(status, message, Some(TaskMetrics::Quality(metrics))))
+        Ok(TaskOutput::with(
+            status,
+            message,
+            Some(TaskMetrics::Quality(metrics)),
+        ))
     }
 }
 

@@ -197,7 +197,9 @@ pub fn python_sources(dir: &Path) -> (Vec<PathBuf>, u64) {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 let skipped = name.starts_with('.')
                     || ["build", "__pycache__", "node_modules"].contains(&name.as_str())

@@ -19,8 +19,7 @@ use std::time::Instant;
 
 use crate::job::{sha256_file, GuestJob, JobIdentity};
 use crate::results::{
-    decide_outcome, GuestPlatform, InputCheck, Outcome, Results, TaskResult,
-    RESULTS_SCHEMA_VERSION,
+    decide_outcome, GuestPlatform, InputCheck, Outcome, Results, TaskResult, RESULTS_SCHEMA_VERSION,
 };
 
 /// How the agent runs: where the IO disk is and what it may use.
@@ -156,15 +155,17 @@ fn check_inputs(io_dir: &Path, job: &GuestJob) -> Vec<InputCheck> {
 fn run_job(options: &AgentOptions, started: Instant) -> Results {
     let job = match GuestJob::read(&options.io_dir) {
         Ok(job) => job,
-        Err(error) => {
-            return failed_run(None, Outcome::DiskError, error.to_string(), started)
-        }
+        Err(error) => return failed_run(None, Outcome::DiskError, error.to_string(), started),
     };
     let inputs = check_inputs(&options.io_dir, &job);
     let logs = options.io_dir.join("results").join("logs");
     let prepared = std::fs::create_dir_all(&logs).and_then(|()| env::fresh_dir(&options.work_dir));
     if let Err(error) = prepared {
-        let detail = format!("cannot prepare {} or {}: {error}", logs.display(), options.work_dir.display());
+        let detail = format!(
+            "cannot prepare {} or {}: {error}",
+            logs.display(),
+            options.work_dir.display()
+        );
         return failed_run(Some(&job), Outcome::DiskError, detail, started);
     }
     let python = options

@@ -62,7 +62,10 @@ pub fn top_level_modules(top_level_txt: Option<&str>, record: &str) -> Vec<Strin
                     Some((first, rest)) => (first, Some(rest)),
                     None => (path.as_str(), None),
                 };
-                if first.ends_with(".dist-info") || first.ends_with(".data") || first == "__pycache__" {
+                if first.ends_with(".dist-info")
+                    || first.ends_with(".data")
+                    || first == "__pycache__"
+                {
                     return None;
                 }
                 let name = match rest {
@@ -249,7 +252,9 @@ pub fn pyflakes_counts(output: &str) -> ToolCounts {
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = 0;
     for message in output.lines().filter_map(finding) {
-        *by_code.entry(pyflakes_code(message).to_string()).or_insert(0) += 1;
+        *by_code
+            .entry(pyflakes_code(message).to_string())
+            .or_insert(0) += 1;
         total += 1;
     }
     ToolCounts { total, by_code }

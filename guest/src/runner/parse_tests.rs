@@ -45,7 +45,10 @@ fn record_paths_handle_quotes() {
 fn project_names() {
     assert_eq!(canonical_name("Pyti_Clean.Pkg"), "pyti-clean-pkg");
     assert_eq!(canonical_name("a--b"), "a-b");
-    assert_eq!(dist_info_project("pyti_clean-1.0.dist-info").as_deref(), Some("pyti-clean"));
+    assert_eq!(
+        dist_info_project("pyti_clean-1.0.dist-info").as_deref(),
+        Some("pyti-clean")
+    );
     assert_eq!(dist_info_project("pyti_clean-1.0"), None);
     assert_eq!(
         distribution_file_project("pyti_clean-1.0-py3-none-any.whl").as_deref(),
@@ -63,7 +66,12 @@ fn junit_counts_from_pytest_xml() {
     let xml = r#"<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests"><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5" time="0.048" hostname="vm"><testcase classname="a" name="t" time="0.0" /></testsuite></testsuites>"#;
     let metrics = junit_counts(xml).unwrap();
     assert_eq!(
-        (metrics.passed, metrics.failed, metrics.errors, metrics.skipped),
+        (
+            metrics.passed,
+            metrics.failed,
+            metrics.errors,
+            metrics.skipped
+        ),
         (2, 1, 1, 1)
     );
     assert_eq!(metrics.source, "junit");
@@ -73,16 +81,27 @@ fn junit_counts_from_pytest_xml() {
 
 #[test]
 fn summary_counts_from_pytest_output() {
-    let output = "....\nFAILED test_a.py::test_bad - assert 0\n1 failed, 1 passed, 1 skipped in 0.04s\n";
+    let output =
+        "....\nFAILED test_a.py::test_bad - assert 0\n1 failed, 1 passed, 1 skipped in 0.04s\n";
     let metrics = summary_counts(output).unwrap();
     assert_eq!(
-        (metrics.passed, metrics.failed, metrics.errors, metrics.skipped),
+        (
+            metrics.passed,
+            metrics.failed,
+            metrics.errors,
+            metrics.skipped
+        ),
         (1, 1, 0, 1)
     );
     let verbose = "===== 3 passed, 2 xfailed, 1 xpassed, 2 errors in 1.20s =====\n";
     let metrics = summary_counts(verbose).unwrap();
     assert_eq!(
-        (metrics.passed, metrics.failed, metrics.errors, metrics.skipped),
+        (
+            metrics.passed,
+            metrics.failed,
+            metrics.errors,
+            metrics.skipped
+        ),
         (4, 0, 2, 2)
     );
     assert_eq!(summary_counts("no summary here\n"), None);
@@ -125,10 +144,17 @@ qsrc/other.py:3: something new
     assert_eq!(counts.total, 6);
     assert_eq!(
         counts.by_code,
-        [("E999", 1), ("F", 1), ("F401", 1), ("F541", 1), ("F821", 1), ("F841", 1)]
-            .into_iter()
-            .map(|(c, n)| (c.to_string(), n))
-            .collect()
+        [
+            ("E999", 1),
+            ("F", 1),
+            ("F401", 1),
+            ("F541", 1),
+            ("F821", 1),
+            ("F841", 1)
+        ]
+        .into_iter()
+        .map(|(c, n)| (c.to_string(), n))
+        .collect()
     );
 }
 

@@ -167,7 +167,13 @@ mod tests {
                 Deadline::after_s(30),
             )
             .unwrap();
-        assert_eq!(finished, Finished { exit_code: Some(3), timed_out: false });
+        assert_eq!(
+            finished,
+            Finished {
+                exit_code: Some(3),
+                timed_out: false
+            }
+        );
         let text = std::fs::read_to_string(dir.path().join("t.log")).unwrap();
         assert!(text.contains("out\n") && text.contains("err\n"), "{text}");
         assert!(text.contains("# exit code Some(3)"), "{text}");
@@ -189,7 +195,10 @@ mod tests {
         assert!(finished.timed_out);
         assert_eq!(finished.exit_code, None);
         std::thread::sleep(Duration::from_secs(4));
-        assert!(!marker.exists(), "a process of the group outlived the deadline");
+        assert!(
+            !marker.exists(),
+            "a process of the group outlived the deadline"
+        );
     }
 
     #[test]
@@ -203,7 +212,10 @@ mod tests {
             Deadline::after_s(30),
         )
         .unwrap();
-        assert_eq!(std::fs::read_to_string(&capture).unwrap(), "parsed\nnoise\n");
+        assert_eq!(
+            std::fs::read_to_string(&capture).unwrap(),
+            "parsed\nnoise\n"
+        );
         let text = std::fs::read_to_string(dir.path().join("t.log")).unwrap();
         assert!(text.contains("parsed") && text.contains("noise"), "{text}");
     }

@@ -71,7 +71,8 @@ pub fn take(roots: &[PathBuf], excluded: &[PathBuf]) -> Snapshot {
             snapshot.truncated = true;
             break;
         }
-        let mtime_ns = i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec());
+        let mtime_ns =
+            i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec());
         snapshot.entries.insert(
             text,
             Stamp {
@@ -110,7 +111,10 @@ pub fn roots_or_default(given: &[PathBuf]) -> Vec<PathBuf> {
     } else {
         given.to_vec()
     };
-    roots.into_iter().filter(|root| Path::new(root).exists()).collect()
+    roots
+        .into_iter()
+        .filter(|root| Path::new(root).exists())
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,7 +183,10 @@ mod tests {
         std::fs::write(root.join("keep/new"), b"").unwrap();
         std::fs::write(root.join("skip/h"), b"").unwrap();
         let after = take(&[root.to_path_buf()], &[root.join("skip")]);
-        let found: Vec<String> = changes(&before, &after).into_iter().map(|f| f.path).collect();
+        let found: Vec<String> = changes(&before, &after)
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
         assert_eq!(found, vec![format!("{base}/keep/new")]);
     }
 }

@@ -41,7 +41,11 @@ pub struct TaskOutput {
 }
 
 impl TaskOutput {
-    pub(super) fn with(status: TaskStatus, message: impl Into<String>, metrics: Option<TaskMetrics>) -> Self {
+    pub(super) fn with(
+        status: TaskStatus,
+        message: impl Into<String>,
+        metrics: Option<TaskMetrics>,
+    ) -> Self {
         TaskOutput {
             status,
             message: message.into(),
@@ -127,7 +131,8 @@ impl<'a> TaskContext<'a> {
             TaskKind::Quality => self.quality(spec, &mut log, deadline),
             TaskKind::Metadata => unreachable!("handled above"),
         };
-        let output = outcome.unwrap_or_else(|error| TaskOutput::error(format!("agent I/O error: {error}")));
+        let output =
+            outcome.unwrap_or_else(|error| TaskOutput::error(format!("agent I/O error: {error}")));
         log.note(&format!("{:?}: {}", output.status, output.message));
         output
     }
@@ -172,7 +177,9 @@ impl<'a> TaskContext<'a> {
         Ok(if finished.timed_out {
             Err(TaskOutput::timed_out("creating the virtualenv", spec, None))
         } else if !finished.success() {
-            Err(TaskOutput::error("could not create a virtualenv (see the log)"))
+            Err(TaskOutput::error(
+                "could not create a virtualenv (see the log)",
+            ))
         } else {
             Ok(venv)
         })
@@ -203,15 +210,24 @@ impl<'a> TaskContext<'a> {
         {
             wanted.push(name);
         }
-        std::fs::read_dir(site).ok()?.flatten().map(|e| e.path()).find(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse::dist_info_project)
-                .is_some_and(|project| wanted.contains(&project))
-        })
+        std::fs::read_dir(site)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse::dist_info_project)
+                    .is_some_and(|project| wanted.contains(&project))
+            })
     }
 
-    fn install(&mut self, spec: &TaskSpec, log: &mut TaskLog, deadline: Deadline) -> std::io::Result<TaskOutput> {
+    fn install(
+        &mut self,
+        spec: &TaskSpec,
+        log: &mut TaskLog,
+        deadline: Deadline,
+    ) -> std::io::Result<TaskOutput> {
         self.install_failed = true;
         let Some(dist) = self.distribution().cloned() else {
             return Ok(TaskOutput::error("job.json lists no distribution in dist/"));
@@ -223,7 +239,9 @@ impl<'a> TaskContext<'a> {
         let roots = snapshot::roots_or_default(&self.options.snapshot_roots);
         let mut excluded = vec![self.options.work_dir.clone(), self.options.io_dir.clone()];
         excluded.extend(self.template.clone());
-        log.note(&format!("snapshot roots: {roots:?}, excluded: {excluded:?}"));
+        log.note(&format!(
+            "snapshot roots: {roots:?}, excluded: {excluded:?}"
+        ));
         let before = snapshot::take(&roots, &excluded);
         let finished = log.run(
             &mut self.pip_install(&venv, &[self.io(&dist.path).display().to_string()]),
@@ -257,7 +275,10 @@ impl<'a> TaskContext<'a> {
         if !finished.success() {
             return Ok(TaskOutput::with(
                 TaskStatus::Failed,
-                format!("pip install exited with {:?}{weird_note}", finished.exit_code),
+                format!(
+                    "pip install exited with {:?}{weird_note}",
+                    finished.exit_code
+                ),
                 metrics_out,
             ));
         }
@@ -270,7 +291,12 @@ impl<'a> TaskContext<'a> {
         ))
     }
 
-    fn import(&mut self, spec: &TaskSpec, log: &mut TaskLog, deadline: Deadline) -> std::io::Result<TaskOutput> {
+    fn import(
+        &mut self,
+        spec: &TaskSpec,
+        log: &mut TaskLog,
+        deadline: Deadline,
+    ) -> std::io::Result<TaskOutput> {
         let Some(installed) = &self.installed else {
             return Ok(TaskOutput::skipped("install did not pass"));
         };
@@ -292,7 +318,11 @@ impl<'a> TaskContext<'a> {
             let finished = log.run(&mut command, Some(&capture), deadline)?;
             if finished.timed_out {
                 let metrics = TaskMetrics::Import(ImportMetrics { modules: results });
-                return Ok(TaskOutput::timed_out(&format!("import {module}"), spec, Some(metrics)));
+                return Ok(TaskOutput::timed_out(
+                    &format!("import {module}"),
+                    spec,
+                    Some(metrics),
+                ));
             }
             let output = std::fs::read_to_string(&capture).unwrap_or_default();
             results.push(ModuleImport {
@@ -301,11 +331,21 @@ impl<'a> TaskContext<'a> {
                 error: (!finished.success()).then(|| last_line(&output)),
             });
         }
-        let failed: Vec<&str> = results.iter().filter(|m| !m.ok).map(|m| m.module.as_str()).collect();
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|m| !m.ok)
+            .map(|m| m.module.as_str())
+            .collect();
         let (status, message) = if failed.is_empty() {
-            (TaskStatus::Passed, format!("imported {}", modules.join(", ")))
+            (
+                TaskStatus::Passed,
+                format!("imported {}", modules.join(", ")),
+            )
         } else {
-            (TaskStatus::Failed, format!("cannot import {}", failed.join(", ")))
+            (
+                TaskStatus::Failed,
+                format!("cannot import {}", failed.join(", ")),
+            )
         };
         Ok(TaskOutput::with(
             status,
@@ -315,7 +355,9 @@ impl<'a> TaskContext<'a> {
     }
 
     fn strace(&self, trace: &Path, program: &Path, venv: &Venv) -> Command {
-        let mut command = self.children.command(&self.options.strace, Some(&venv.root));
+        let mut command = self
+            .children
+            .command(&self.options.strace, Some(&venv.root));
         command
             .args(["-f", "-tt", "-y", "-s", "256", "-e"])
             .arg(format!("trace={TRACED_SYSCALLS}"))
@@ -326,7 +368,12 @@ impl<'a> TaskContext<'a> {
         command
     }
 
-    fn behaviour(&mut self, spec: &TaskSpec, log: &mut TaskLog, deadline: Deadline) -> std::io::Result<TaskOutput> {
+    fn behaviour(
+        &mut self,
+        spec: &TaskSpec,
+        log: &mut TaskLog,
+        deadline: Deadline,
+    ) -> std::io::Result<TaskOutput> {
         let Some(dist) = self.distribution().cloned() else {
             return Ok(TaskOutput::error("job.json lists no distribution in dist/"));
         };
@@ -358,7 +405,10 @@ impl<'a> TaskContext<'a> {
         let modules = modules_of(self.dist_info(&venv).as_deref());
         if install.success() && !modules.is_empty() {
             let mut command = self.strace(&import_trace, &venv.python(), &venv);
-            command.args(["-c", IMPORT_ALL]).args(&modules).current_dir(&cwd);
+            command
+                .args(["-c", IMPORT_ALL])
+                .args(&modules)
+                .current_dir(&cwd);
             import = log.run(&mut command, None, deadline)?;
         }
         let context = TraceContext {
@@ -367,13 +417,26 @@ impl<'a> TaskContext<'a> {
             initial_cwd: cwd.display().to_string(),
         };
         let mut observations = Observations::default();
-        for (path, phase) in [(&install_trace, Phase::Install), (&import_trace, Phase::Import)] {
+        for (path, phase) in [
+            (&install_trace, Phase::Install),
+            (&import_trace, Phase::Import),
+        ] {
             let text = read_capped(path, MAX_TRACE_BYTES);
             observations.read_trace(&text, phase, &context);
-            let copy = format!("logs/behaviour-{}.strace", if phase == Phase::Install { "install" } else { "import" });
+            let copy = format!(
+                "logs/behaviour-{}.strace",
+                if phase == Phase::Install {
+                    "install"
+                } else {
+                    "import"
+                }
+            );
             if !text.is_empty() {
                 let cut = text.len().min(MAX_TRACE_COPY_BYTES);
-                let cut = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
                 std::fs::write(self.options.io_dir.join("results").join(copy), &text[..cut])?;
             }
         }
@@ -395,7 +458,11 @@ impl<'a> TaskContext<'a> {
         };
         let metrics = Some(TaskMetrics::Behaviour(report));
         if install.timed_out || import.timed_out {
-            let step = if install.timed_out { "the traced install" } else { "the traced import" };
+            let step = if install.timed_out {
+                "the traced install"
+            } else {
+                "the traced import"
+            };
             return Ok(TaskOutput::timed_out(step, spec, metrics));
         }
         let status = if verdict == Verdict::Clean {

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use pyti_guest::job::{describe_inputs, GuestJob, JOB_SCHEMA_VERSION};
 use pyti_guest::recipe::Recipe;
-use pyti_guest::results::{parse_results, Results, ResultsLimits, TaskResult};
 use pyti_guest::recipe::TaskKind;
+use pyti_guest::results::{parse_results, Results, ResultsLimits, TaskResult};
 
 /// The interpreter of the guest image (Debian bookworm's), also present on the host.
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -42,7 +42,14 @@ pub fn tools_dir() -> &'static Path {
             std::fs::create_dir_all(&dir).unwrap();
             check(
                 Command::new("python3")
-                    .args(["-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d"])
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--quiet",
+                        "--only-binary=:all:",
+                        "-d",
+                    ])
                     .arg(&dir)
                     .args(["pytest", "pycodestyle", "pyflakes", "setuptools", "wheel"]),
                 "downloading the tools",
@@ -71,7 +78,9 @@ pub fn venv_template() -> &'static Path {
 
 /// Builds `pyti-<fixture>-1.0.tar.gz` from `tests/fixtures/<fixture>/` into `dest`.
 pub fn build_sdist(fixture: &str, dest: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let name = format!("pyti-{fixture}-1.0");
     let archive = dest.join(format!("{name}.tar.gz"));
     let script = r#"
@@ -155,7 +164,11 @@ pub fn run_fixture(fixture: &str, recipe: Recipe) -> Run {
     build_sdist(fixture, &io.path().join("dist"));
     for entry in std::fs::read_dir(tools_dir()).unwrap().flatten() {
         if entry.file_name().to_string_lossy().ends_with(".whl") {
-            std::fs::copy(entry.path(), io.path().join("tools").join(entry.file_name())).unwrap();
+            std::fs::copy(
+                entry.path(),
+                io.path().join("tools").join(entry.file_name()),
+            )
+            .unwrap();
         }
     }
     let job = GuestJob {
@@ -179,7 +192,17 @@ pub fn run_fixture(fixture: &str, recipe: Recipe) -> Run {
     let script = "set -e; ip link set lo up; mount -t tmpfs pyti-cron /etc/cron.d; \
                   mount --bind \"$0\" /etc/resolv.conf; exec \"$@\"";
     let output = Command::new("unshare")
-        .args(["--mount", "--net", "--pid", "--fork", "--kill-child", "--", "sh", "-c", script])
+        .args([
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .arg(&resolv)
         .arg(env!("CARGO_BIN_EXE_pyti-guest"))
         .arg("run")
@@ -209,15 +232,16 @@ pub fn run_fixture(fixture: &str, recipe: Recipe) -> Run {
 
 /// Checks results bytes against `schemas/results.schema.json`.
 pub fn validate_against_schema(bytes: &[u8]) {
-    let schema: serde_json::Value = serde_json::from_str(include_str!(
-        "../../../schemas/results.schema.json"
-    ))
-    .unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../schemas/results.schema.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
     let errors: Vec<String> = validator
         .iter_errors(&value)
         .map(|e| format!("{e} at {}", e.instance_path))
         .collect();
-    assert!(errors.is_empty(), "results do not match the schema: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "results do not match the schema: {errors:#?}"
+    );
 }
