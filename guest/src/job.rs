@@ -122,7 +122,7 @@ pub enum JobError {
         /// Its size.
         size: usize,
     },
-    /// Not JSON, a wrong type, or an unknown field.
+    /// Not JSON, a wrong type, or an unknown field (with the field's path).
     #[error("job.json does not parse: {0}")]
     Syntax(String),
     /// Parses, but a field is unacceptable.
@@ -148,8 +148,9 @@ impl GuestJob {
         if bytes.len() > MAX_JOB_BYTES {
             return Err(JobError::TooLarge { size: bytes.len() });
         }
-        let job: GuestJob =
-            serde_json::from_slice(bytes).map_err(|e| JobError::Syntax(e.to_string()))?;
+        let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+        let job: GuestJob = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| JobError::Syntax(format!("at {}: {}", e.path(), e.inner())))?;
         job.validate()?;
         Ok(job)
     }

@@ -458,7 +458,8 @@ pub fn parse_results(bytes: &[u8], limits: &ResultsLimits) -> Result<Results, Re
             });
         }
     }
-    serde_json::from_value(value).map_err(|e| ResultsError::Syntax(e.to_string()))
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| ResultsError::Syntax(format!("at {}: {}", e.path(), e.inner())))
 }
 
 fn check_caps(

@@ -2,6 +2,9 @@
 //! built from the plain files under `tests/fixtures/`, and running the agent binary in
 //! private namespaces so fixtures never touch the host.
 
+// Each test binary uses a part of these helpers.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -244,4 +247,51 @@ pub fn validate_against_schema(bytes: &[u8]) {
         errors.is_empty(),
         "results do not match the schema: {errors:#?}"
     );
+}
+
+/// Runs the agent binary directly (no namespaces: only for jobs that run no package
+/// code) and reads back what it wrote.
+pub fn run_agent_plain(io: &Path, extra: &[&str]) -> Results {
+    let work = temp("work-plain-");
+    let output = Command::new(env!("CARGO_BIN_EXE_pyti-guest"))
+        .arg("run")
+        .arg("--io")
+        .arg(io)
+        .arg("--work")
+        .arg(work.path())
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the agent failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bytes = std::fs::read(io.join("results/results.json")).unwrap();
+    validate_against_schema(&bytes);
+    parse_results(&bytes, &ResultsLimits::default()).unwrap()
+}
+
+/// A temporary IO directory holding a fixture's sdist and a `job.json` for `recipe`.
+pub fn io_with_job(fixture: &str, recipe: Recipe) -> (tempfile::TempDir, GuestJob) {
+    let io = temp(&format!("io-{fixture}-"));
+    std::fs::create_dir_all(io.path().join("dist")).unwrap();
+    build_sdist(fixture, &io.path().join("dist"));
+    let job = GuestJob {
+        schema_version: JOB_SCHEMA_VERSION,
+        job_id: format!("test-{fixture}"),
+        attempt: 2,
+        project_name: format!("pyti-{fixture}"),
+        project_version: "1.0".into(),
+        recipe_identifier: recipe.identifier.clone(),
+        platform_identifier: "host".into(),
+        platform_variants: vec!["plain".into()],
+        recipe,
+        inputs: describe_inputs(io.path()).unwrap(),
+        image_hash: None,
+        venv_template: Some(venv_template().display().to_string()),
+        python: Some(PYTHON.into()),
+    };
+    std::fs::write(io.path().join("job.json"), job.to_json_pretty()).unwrap();
+    (io, job)
 }
