@@ -175,6 +175,27 @@ fn install_failure_is_reported_and_dependent_tasks_skipped() {
 }
 
 #[test]
+fn import_failure_names_the_module_and_its_error() {
+    let run = run_fixture("importfail", full_recipe());
+    expect_statuses(&run, [Passed, Failed, Passed, Skipped, Passed, Skipped]);
+    assert_eq!(run.results.outcome, Outcome::ImportFailed);
+    assert_eq!(
+        run.task(TaskKind::Import).metrics,
+        Some(TaskMetrics::Import(ImportMetrics {
+            modules: vec![ModuleImport {
+                module: "pyti_importfail".into(),
+                ok: false,
+                error: Some(
+                    "RuntimeError: pyti fixture: this module refuses to be imported".into()
+                ),
+            }]
+        }))
+    );
+    assert_clean_behaviour(&run);
+    assert_eq!(behaviour(&run).import_exit_code, Some(0));
+}
+
+#[test]
 fn writes_outside_the_environment_are_found_by_snapshot_and_trace() {
     let run = run_fixture("weird", full_recipe());
     expect_statuses(&run, [Passed, Passed, Failed, Skipped, Passed, Skipped]);

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use crate::job::{sha256_file, GuestJob, JobIdentity};
 use crate::results::{
-    decide_outcome, GuestPlatform, InputCheck, Outcome, Results, TaskResult, RESULTS_SCHEMA_VERSION,
+    decide_outcome, GuestPlatform, InputCheck, Outcome, Results, TaskResult, TaskStatus,
+    RESULTS_SCHEMA_VERSION,
 };
 
 /// How the agent runs: where the IO disk is and what it may use.
@@ -88,6 +89,24 @@ pub fn write_results(io_dir: &Path, results: &Results) -> std::io::Result<()> {
     let temporary = dir.join("results.json.tmp");
     std::fs::write(&temporary, text)?;
     std::fs::rename(&temporary, dir.join("results.json"))
+}
+
+/// Most bytes of a task's log copied onto the IO disk; the rest is cut with a note.
+pub const MAX_LOG_BYTES: u64 = 8 << 20;
+
+/// Copies at most `cap` bytes of `from` to `to`, noting a cut. Logs are written in the
+/// work directory and copied at the end of a task so a package that floods its output
+/// cannot fill the IO disk before the results are written.
+pub fn copy_capped(from: &Path, to: &Path, cap: u64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let total = std::fs::metadata(from)?.len();
+    let mut input = std::fs::File::open(from)?.take(cap);
+    let mut output = std::fs::File::create(to)?;
+    std::io::copy(&mut input, &mut output)?;
+    if total > cap {
+        writeln!(output, "\n# log cut at {cap} of {total} bytes")?;
+    }
+    Ok(())
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -197,7 +216,22 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
         let task_started = Instant::now();
         let log_name = format!("logs/{}.log", spec.kind);
         let log_path = options.io_dir.join("results").join(&log_name);
-        let ran = catch_unwind(AssertUnwindSafe(|| context.run_task(spec, &log_path)));
+        let work_log = options.work_dir.join(format!("{}.log", spec.kind));
+        let ran = catch_unwind(AssertUnwindSafe(|| context.run_task(spec, &work_log)));
+        if work_log.exists() {
+            if let Err(error) = copy_capped(&work_log, &log_path, MAX_LOG_BYTES) {
+                results.tasks.push(TaskResult {
+                    name: spec.kind,
+                    status: TaskStatus::Error,
+                    duration_s: task_started.elapsed().as_secs_f64(),
+                    timeout_s: spec.timeout_s,
+                    log: None,
+                    message: format!("cannot write {}: {error}", log_path.display()),
+                    metrics: None,
+                });
+                continue;
+            }
+        }
         let output = match ran {
             Ok(output) => output,
             Err(panic) => tasks::TaskOutput::error(format!(
@@ -220,4 +254,26 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
     results.outcome_detail = detail;
     results.duration_s = started.elapsed().as_secs_f64();
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_copied_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from.log");
+        std::fs::write(&from, "0123456789").unwrap();
+        copy_capped(&from, &dir.path().join("whole.log"), 10).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("whole.log")).unwrap(),
+            "0123456789"
+        );
+        copy_capped(&from, &dir.path().join("cut.log"), 4).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cut.log")).unwrap(),
+            "0123\n# log cut at 4 of 10 bytes\n"
+        );
+    }
 }
