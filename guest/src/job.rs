@@ -424,6 +424,28 @@ mod tests {
     }
 
     #[test]
+    fn jobs_match_the_json_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/job.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut full = job();
+        full.image_hash = Some("abc".into());
+        full.venv_template = Some("/opt/pyti/venv".into());
+        full.python = Some("/usr/bin/python3".into());
+        for job in [job(), full] {
+            let value = serde_json::to_value(&job).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        let mut bad = serde_json::to_value(job()).unwrap();
+        bad["inputs"][0]["path"] = serde_json::json!("dist/a/b");
+        assert!(!validator.is_valid(&bad));
+    }
+
+    #[test]
     fn roles_follow_directory_and_extension() {
         assert_eq!(
             role_for("dist", "a-1-py3-none-any.whl"),

@@ -12,7 +12,7 @@ use pyti_guest::results::{
     FileChange, ImportMetrics, InstallMetrics, ModuleImport, Outcome, QualityMetrics, TaskMetrics,
     TaskStatus, TestsMetrics,
 };
-use support::{run_fixture, Run};
+use support::{run_fixture, run_fixture_as, Run};
 
 fn full_recipe() -> Recipe {
     RecipeBook::embedded().get("recipe").unwrap().clone()
@@ -150,6 +150,34 @@ fn clean_fixture_passes_every_task() {
         assert!(run.io.path().join("results").join(log).is_file(), "{log}");
     }
     assert_eq!(run.task(TaskKind::Metadata).log, None);
+}
+
+#[test]
+fn a_wheel_is_installed_and_the_sdist_tested() {
+    let run = run_fixture_as("clean", full_recipe(), true);
+    expect_statuses(&run, [Passed, Passed, Passed, Passed, Passed, Skipped]);
+    assert_eq!(run.results.outcome, Outcome::Passed);
+    assert_eq!(
+        install(&run).installed_from,
+        "dist/pyti_clean-1.0-py3-none-any.whl"
+    );
+    let roles: Vec<&str> = run
+        .results
+        .inputs
+        .iter()
+        .filter(|i| i.path.starts_with("dist/"))
+        .map(|i| i.path.as_str())
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            "dist/pyti-clean-1.0.tar.gz",
+            "dist/pyti_clean-1.0-py3-none-any.whl"
+        ]
+    );
+    assert_clean_behaviour(&run);
+    assert_eq!(counts(&run), (2, 0, 0, 0));
+    assert_eq!(quality(&run).files, 2);
 }
 
 #[test]

@@ -28,7 +28,7 @@ fn check(command: &mut Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),
-        "{what} failed:\n{}\n{}",
+        "{what} failed: {command:?}\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -152,6 +152,36 @@ fn temp(prefix: &str) -> tempfile::TempDir {
 /// namespaces: loopback up, `/etc/cron.d` a private tmpfs, `/etc/resolv.conf` pointing
 /// at 127.0.0.1, HOME a temporary directory holding a fake `~/.ssh/id_rsa`.
 pub fn run_fixture(fixture: &str, recipe: Recipe) -> Run {
+    run_fixture_as(fixture, recipe, false)
+}
+
+/// Builds a wheel from a fixture's sdist with the template's pip, its build backend
+/// from the tools cache, as a publisher would upload next to the sdist.
+pub fn build_wheel(sdist: &Path, dest: &Path) {
+    check(
+        Command::new(venv_template().join("bin/python"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", scratch())
+            .args([
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-cache-dir",
+                "--no-deps",
+            ])
+            .args(["--no-index", "--find-links"])
+            .arg(tools_dir())
+            .arg("-w")
+            .arg(dest)
+            .arg(sdist),
+        "building the fixture wheel",
+    );
+}
+
+/// [`run_fixture`], with a wheel next to the sdist in `dist/` when `wheel` is set.
+pub fn run_fixture_as(fixture: &str, recipe: Recipe, wheel: bool) -> Run {
     let io = temp(&format!("io-{fixture}-"));
     let home = temp(&format!("home-{fixture}-"));
     let work = temp(&format!("work-{fixture}-"));
@@ -164,7 +194,10 @@ pub fn run_fixture(fixture: &str, recipe: Recipe) -> Run {
     for dir in ["dist", "wheels", "tools"] {
         std::fs::create_dir_all(io.path().join(dir)).unwrap();
     }
-    build_sdist(fixture, &io.path().join("dist"));
+    let sdist = build_sdist(fixture, &io.path().join("dist"));
+    if wheel {
+        build_wheel(&sdist, &io.path().join("dist"));
+    }
     for entry in std::fs::read_dir(tools_dir()).unwrap().flatten() {
         if entry.file_name().to_string_lossy().ends_with(".whl") {
             std::fs::copy(
