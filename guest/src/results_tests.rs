@@ -347,3 +347,22 @@ fn metadata_metrics_are_free_form_but_everything_else_is_closed() {
     value["tasks"][0]["metrics"] = serde_json::json!({"fuzz": {}});
     assert!(parse_results(value.to_string().as_bytes(), &ResultsLimits::default()).is_err());
 }
+
+#[test]
+fn damaged_files_are_refused_without_panicking() {
+    let bytes = serde_json::to_vec(&sample()).unwrap();
+    let limits = ResultsLimits::default();
+    for length in 0..bytes.len() {
+        assert!(
+            parse_results(&bytes[..length], &limits).is_err(),
+            "prefix {length}"
+        );
+    }
+    for position in (0..bytes.len()).step_by(7) {
+        for replacement in [b'"', b'{', b']', b'9', 0xff] {
+            let mut damaged = bytes.clone();
+            damaged[position] = replacement;
+            let _ = parse_results(&damaged, &limits);
+        }
+    }
+}

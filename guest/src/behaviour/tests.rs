@@ -347,3 +347,26 @@ fn report_serialises_with_stable_names() {
     let back: BehaviourReport = serde_json::from_value(json).unwrap();
     assert_eq!(back, report);
 }
+
+#[test]
+fn cut_and_garbled_traces_never_panic() {
+    let traces = [PIP_INSTALL, IMPORT, HOSTILE];
+    for trace in traces {
+        for cut in (0..trace.len()).filter(|i| trace.is_char_boundary(*i)) {
+            let mut observations = Observations::default();
+            observations.read_trace(&trace[..cut], Phase::Install, &context());
+            let _ = observations.report();
+        }
+        let garbled: String = trace
+            .chars()
+            .map(|c| match c {
+                '(' => ')',
+                '"' => '\\',
+                '<' => '>',
+                other => other,
+            })
+            .collect();
+        let report = report_of(&garbled, "é\u{0}\"\\");
+        assert!(report.unparsed_lines > 0);
+    }
+}
