@@ -360,6 +360,28 @@ fn hostile_fixture_is_malicious_with_every_attempt_listed() {
 }
 
 #[test]
+fn network_use_at_import_time_is_traced_in_the_import_phase() {
+    let recipe = RecipeBook::embedded().get("behaviour").unwrap().clone();
+    let run = run_fixture("importnet", recipe);
+    assert_eq!(statuses(&run), vec![(TaskKind::Behaviour, Failed)]);
+    assert_eq!(run.results.outcome, Outcome::SuspiciousBehaviour);
+    let report = behaviour(&run);
+    assert_eq!(report.verdict, Verdict::Suspicious);
+    let network: Vec<(Phase, &str, u16, &str)> = report
+        .network
+        .iter()
+        .map(|n| (n.phase, n.address.as_str(), n.port, n.result.as_str()))
+        .collect();
+    assert_eq!(
+        network,
+        vec![(Phase::Import, "127.0.0.1", 9, "ECONNREFUSED")]
+    );
+    let rules: Vec<Rule> = report.reasons.iter().map(|r| r.rule).collect();
+    assert_eq!(rules, vec![Rule::NetworkAttempt]);
+    assert_eq!(report.import_exit_code, Some(0));
+}
+
+#[test]
 fn a_hanging_task_times_out_and_the_next_one_still_runs() {
     let recipe = Recipe {
         identifier: "hangcheck".into(),
