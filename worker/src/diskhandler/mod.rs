@@ -16,6 +16,7 @@
 //! All calls block; async callers wrap them in `tokio::task::spawn_blocking`.
 
 mod convert;
+mod dotfix;
 mod extract;
 mod geometry;
 mod guard;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use fatfs::{Dir, FileSystem, FormatVolumeOptions, FsOptions};
 
+use super::dotfix;
 use super::extract::{display_path, open_host_file, split_image_path, Sink, Walker};
 use super::geometry::{self, ContentSize, FatKind, Geometry, PlanError};
 use super::guard::{catch_panic, Backing, Budget, GuardedStream};
@@ -38,6 +39,7 @@ pub struct DiskOperations<S: Backing = File> {
     budget: Arc<Budget>,
     limits: ReadLimits,
     writable: bool,
+    modified: bool,
     host_file: Option<File>,
 }
 
@@ -219,6 +221,7 @@ impl<S: Backing> DiskOperations<S> {
             budget,
             limits,
             writable,
+            modified: false,
             host_file: None,
         })
     }
@@ -322,8 +325,9 @@ impl<S: Backing> DiskOperations<S> {
         })
     }
 
-    fn require_writable(&self, action: &'static str) -> Result<()> {
+    fn require_writable(&mut self, action: &'static str) -> Result<()> {
         if self.writable {
+            self.modified = true;
             Ok(())
         } else {
             Err(Error::ReadOnly {
@@ -490,32 +494,52 @@ impl<S: Backing> DiskOperations<S> {
         })
     }
 
-    /// Flushes everything and closes the image (also done, without error reporting, on drop).
+    /// Flushes everything and closes the image. Dropping a disk does the same, minus the
+    /// error report, so call this after writing.
     pub fn close(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let Some(file_system) = self.file_system.take() else {
+            return Ok(());
+        };
         let image = self.image.clone();
-        if let Some(file_system) = self.file_system.take() {
-            let writable = self.writable;
-            catch_panic(|| file_system.unmount())
-                .map_err(|message| Error::Corrupt {
-                    image: image.clone(),
-                    path_in_image: "/".to_string(),
-                    detail: message,
-                })?
-                .map_err(|error| Error::Image {
-                    image: image.clone(),
-                    path_in_image: "/".to_string(),
-                    detail: format!("unmount failed: {error}"),
-                })?;
-            if let (true, Some(file)) = (writable, &self.host_file) {
-                file.sync_all().map_err(|source| Error::Host {
-                    image: image.clone(),
-                    action: "sync",
-                    host_path: image.clone(),
-                    source,
-                })?;
+        let failed = |detail: String| Error::Image {
+            image: image.clone(),
+            path_in_image: "/".to_string(),
+            detail,
+        };
+        let writable = self.writable;
+        let unmount = || {
+            if writable {
+                // Counting the free clusters fills FAT32's FSInfo summary, which fsck expects.
+                file_system.stats()?;
             }
+            file_system.unmount()
+        };
+        catch_panic(unmount)
+            .map_err(|message| failed(format!("closing failed ({message})")))?
+            .map_err(|error| failed(format!("closing failed: {error}")))?;
+        if let (true, Some(mut file)) = (self.modified, self.host_file.as_ref()) {
+            dotfix::repair_dot_entries(&mut file)
+                .map_err(|error| failed(format!("repairing directory entries failed: {error}")))?;
+            file.sync_all().map_err(|source| Error::Host {
+                image: image.clone(),
+                action: "sync",
+                host_path: image.clone(),
+                source,
+            })?;
         }
         Ok(())
+    }
+}
+
+impl<S: Backing> Drop for DiskOperations<S> {
+    fn drop(&mut self) {
+        if let Err(error) = self.finish() {
+            tracing::warn!(%error, "IO disk not closed cleanly");
+        }
     }
 }
 
