@@ -528,3 +528,33 @@ fn conversion_to_qcow2_vdi_and_vmdk_keeps_the_content() {
         assert_same_tree(&staging, &out);
     }
 }
+
+#[tokio::test]
+async fn an_open_disk_moves_into_spawn_blocking() {
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("io.img");
+    let disk = DiskOperations::create(&image, 4 * MIB).unwrap();
+    let written = tokio::task::spawn_blocking(move || {
+        let mut disk = disk;
+        disk.write_file("job.json", b"{}").unwrap();
+        disk
+    })
+    .await
+    .unwrap();
+    let listing = tokio::task::spawn_blocking(move || {
+        let mut disk = written;
+        let listing = disk.list("/").unwrap();
+        disk.close().unwrap();
+        listing
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        listing,
+        vec![DiskEntry {
+            name: "job.json".into(),
+            size: 2,
+            is_dir: false
+        }]
+    );
+}

@@ -23,15 +23,27 @@ fn limits() -> ReadLimits {
 /// A small FAT16 IO disk with a results tree like a guest leaves.
 fn build_base_image() -> Vec<u8> {
     let path = std::env::temp_dir().join(format!("pyti-fuzz-base-{}.img", std::process::id()));
-    let geometry = Geometry { fat: FatKind::Fat16, cluster_bytes: 512, total_sectors: 4400 };
-    let mut disk = DiskOperations::create_with_geometry(&path, geometry).expect("create base image");
-    disk.write_file("job.json", b"{\"project_name\": \"rarfile\"}").expect("write");
-    disk.write_file("results/results.json", b"{\"version\": 1}").expect("write");
+    let geometry = Geometry {
+        fat: FatKind::Fat16,
+        cluster_bytes: 512,
+        total_sectors: 4400,
+    };
+    let mut disk =
+        DiskOperations::create_with_geometry(&path, geometry).expect("create base image");
+    disk.write_file("job.json", b"{\"project_name\": \"rarfile\"}")
+        .expect("write");
+    disk.write_file("results/results.json", b"{\"version\": 1}")
+        .expect("write");
     for index in 0..6 {
         let body = vec![b'a' + index as u8; 700 * index + 13];
-        disk.write_file(&format!("results/logs/task-{index}-with-a-long-name.log"), &body).expect("write");
+        disk.write_file(
+            &format!("results/logs/task-{index}-with-a-long-name.log"),
+            &body,
+        )
+        .expect("write");
     }
-    disk.write_file("results/strace/deep/trace.txt", &[7u8; 3000]).expect("write");
+    disk.write_file("results/strace/deep/trace.txt", &[7u8; 3000])
+        .expect("write");
     disk.close().expect("close");
     let bytes = std::fs::read(&path).expect("read base image");
     let _ = std::fs::remove_file(&path);

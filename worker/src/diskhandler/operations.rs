@@ -212,6 +212,7 @@ impl<S: Backing> DiskOperations<S> {
             image: image.to_path_buf(),
             detail,
         };
+        // `FsOptions::new()` (stateless statics) is what makes the `Send` impl below sound.
         let file_system = catch_panic(|| FileSystem::new(stream, FsOptions::new()))
             .map_err(|message| not_fat(format!("the FAT reader failed ({message})")))?
             .map_err(|error| not_fat(error.to_string()))?;
@@ -283,7 +284,9 @@ impl<S: Backing> DiskOperations<S> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(message) => {
-                self.file_system = None;
+                // Dropping the file system unmounts it, which on this volume may panic again.
+                let broken = self.file_system.take();
+                let _ = catch_panic(move || drop(broken));
                 return Err(Error::Corrupt {
                     image: self.image.clone(),
                     path_in_image: path_in_image.to_string(),
@@ -504,6 +507,7 @@ impl<S: Backing> DiskOperations<S> {
         let Some(file_system) = self.file_system.take() else {
             return Ok(());
         };
+        self.budget.reset(self.limits.max_io_bytes);
         let image = self.image.clone();
         let failed = |detail: String| Error::Image {
             image: image.clone(),
@@ -534,6 +538,13 @@ impl<S: Backing> DiskOperations<S> {
         Ok(())
     }
 }
+
+// SAFETY: the only parts of `FileSystem` that are not `Send` are the `&'static dyn` code-page
+// converter and time provider in its options. `mount` always uses `FsOptions::new()`, whose
+// two are fatfs's stateless statics (`LossyOemCpConverter`, `DefaultTimeProvider`: unit
+// structs), so sharing them between threads cannot race. Everything else a disk holds
+// (`RefCell`s, the stream, an `Arc` budget) is `Send`; the disk is still not `Sync`.
+unsafe impl<S: Backing + Send> Send for DiskOperations<S> {}
 
 impl<S: Backing> Drop for DiskOperations<S> {
     fn drop(&mut self) {
@@ -708,5 +719,17 @@ impl Uploader<'_> {
             }
         }
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_disk_can_move_to_a_blocking_thread() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<DiskOperations>();
+        assert_send::<Error>();
     }
 }
