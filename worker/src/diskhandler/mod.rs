@@ -21,6 +21,7 @@ mod extract;
 mod geometry;
 mod guard;
 mod operations;
+mod upload;
 
 use std::fmt;
 use std::io;
