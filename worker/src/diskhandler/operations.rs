@@ -271,6 +271,8 @@ impl<S: Backing> DiskOperations<S> {
             &FileSystem<GuardedStream<S>>,
         ) -> Result<Result<T, (io::Error, String)>>,
     ) -> Result<T> {
+        let shown = format!("/{}", path_in_image.trim_matches('/'));
+        let path_in_image = shown.as_str();
         let file_system = self.file_system.as_ref().ok_or_else(|| Error::Image {
             image: self.image.clone(),
             path_in_image: path_in_image.to_string(),
