@@ -206,7 +206,7 @@ impl<'l> Walker<'l> {
             limits,
             summary: ExtractSummary::default(),
             entries: 0,
-            buffer: vec![0; 64 * 1024],
+            buffer: vec![0; 256 * 1024],
         }
     }
 
@@ -289,18 +289,14 @@ impl<'l> Walker<'l> {
         let mut input = entry.to_file();
         let mut copied = 0u64;
         loop {
-            let read = match input.read(&mut self.buffer) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(self.image_error(path_in_image, &error)),
-            };
-            copied += read as u64;
-            if copied > declared {
+            let filled = fill(&mut input, &mut self.buffer)
+                .map_err(|error| self.image_error(path_in_image, &error))?;
+            copied += filled as u64;
+            if filled == 0 || copied > declared {
                 break;
             }
             if let (Some(file), Sink::Host(path)) = (output.as_mut(), sink) {
-                file.write_all(&self.buffer[..read])
+                file.write_all(&self.buffer[..filled])
                     .map_err(|source| self.host_error("write", path, source))?;
             }
         }
@@ -376,6 +372,21 @@ impl<'l> Walker<'l> {
         }
         Ok(())
     }
+}
+
+/// Reads into `buffer` until it is full or the input ends (the FAT library returns at most
+/// one cluster per call; writing the host file in bigger pieces saves system calls).
+fn fill(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
 }
 
 fn sink_path(sink: &Sink<'_>) -> Option<PathBuf> {

@@ -16,8 +16,12 @@ use std::sync::Arc;
 /// Budget units charged for every read or seek call, whatever its length.
 pub const MIN_CALL_COST: u64 = 64;
 
-/// Bytes of the aligned block kept in the read cache.
+/// Bytes of one aligned block of the read cache.
 const CACHE_BYTES: usize = 64 * 1024;
+
+/// Blocks in the read cache: enough for the FAT, a directory and the data being read,
+/// which the library visits in turn for every cluster.
+const CACHE_BLOCKS: usize = 4;
 
 /// Shared between a [`GuardedStream`] and its owner: the budget and whether it ran out.
 #[derive(Debug)]
@@ -77,8 +81,21 @@ pub struct GuardedStream<S: Backing> {
     position: u64,
     length: u64,
     inner_position: Option<u64>,
-    cache_start: u64,
-    cache: Vec<u8>,
+    cache: Vec<CacheBlock>,
+    clock: u64,
+}
+
+/// One aligned block of the image kept in memory.
+struct CacheBlock {
+    start: u64,
+    bytes: Vec<u8>,
+    last_used: u64,
+}
+
+impl CacheBlock {
+    fn holds(&self, offset: u64) -> bool {
+        offset >= self.start && offset < self.start + self.bytes.len() as u64
+    }
 }
 
 impl<S: Backing> GuardedStream<S> {
@@ -91,8 +108,8 @@ impl<S: Backing> GuardedStream<S> {
             position: 0,
             length,
             inner_position: None,
-            cache_start: 0,
-            cache: Vec::new(),
+            cache: Vec::with_capacity(CACHE_BLOCKS),
+            clock: 0,
         }
     }
 
@@ -104,34 +121,55 @@ impl<S: Backing> GuardedStream<S> {
         Ok(())
     }
 
-    fn fill_cache(&mut self, offset: u64) -> io::Result<()> {
+    /// Index of the cache block holding `offset`, reading it in (over the least recently
+    /// used block) if needed.
+    fn cache_block(&mut self, offset: u64) -> io::Result<usize> {
+        self.clock += 1;
+        if let Some(index) = self.cache.iter().position(|block| block.holds(offset)) {
+            self.cache[index].last_used = self.clock;
+            return Ok(index);
+        }
+        let index = if self.cache.len() < CACHE_BLOCKS {
+            self.cache.push(CacheBlock {
+                start: 0,
+                bytes: Vec::new(),
+                last_used: 0,
+            });
+            self.cache.len() - 1
+        } else {
+            let oldest = self
+                .cache
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, block)| block.last_used);
+            oldest.map_or(0, |(index, _)| index)
+        };
         let start = offset - offset % CACHE_BYTES as u64;
         let end = (start + CACHE_BYTES as u64).min(self.length);
-        self.cache.resize((end - start) as usize, 0);
+        let mut bytes = std::mem::take(&mut self.cache[index].bytes);
+        bytes.resize((end - start) as usize, 0);
         self.seek_inner(start)?;
         let mut filled = 0;
-        while filled < self.cache.len() {
-            match self.inner.read(&mut self.cache[filled..]) {
+        while filled < bytes.len() {
+            match self.inner.read(&mut bytes[filled..]) {
                 Ok(0) => break,
                 Ok(read) => filled += read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     self.inner_position = None;
-                    self.cache.clear();
+                    self.cache.swap_remove(index);
                     return Err(error);
                 }
             }
         }
+        bytes.truncate(filled);
         self.inner_position = Some(start + filled as u64);
-        self.cache.truncate(filled);
-        self.cache_start = start;
-        Ok(())
-    }
-
-    fn cached(&self, offset: u64) -> Option<&[u8]> {
-        let end = self.cache_start + self.cache.len() as u64;
-        (offset >= self.cache_start && offset < end)
-            .then(|| &self.cache[(offset - self.cache_start) as usize..])
+        self.cache[index] = CacheBlock {
+            start,
+            bytes,
+            last_used: self.clock,
+        };
+        Ok(index)
     }
 }
 
@@ -142,8 +180,8 @@ impl<S: Backing> Read for GuardedStream<S> {
             return Ok(0);
         }
         let wanted = buf.len().min((self.length - self.position) as usize);
-        if wanted >= CACHE_BYTES && self.cached(self.position).is_none() {
-            let position = self.position;
+        let position = self.position;
+        if wanted >= CACHE_BYTES && !self.cache.iter().any(|block| block.holds(position)) {
             self.seek_inner(position)?;
             let read = self.inner.read(&mut buf[..wanted]);
             let read = read.inspect_err(|_| self.inner_position = None)?;
@@ -151,12 +189,12 @@ impl<S: Backing> Read for GuardedStream<S> {
             self.position += read as u64;
             return Ok(read);
         }
-        if self.cached(self.position).is_none() {
-            self.fill_cache(self.position)?;
-        }
-        let Some(available) = self.cached(self.position) else {
+        let index = self.cache_block(position)?;
+        let block = &self.cache[index];
+        if !block.holds(position) {
             return Ok(0);
-        };
+        }
+        let available = &block.bytes[(position - block.start) as usize..];
         let read = wanted.min(available.len());
         buf[..read].copy_from_slice(&available[..read]);
         self.position += read as u64;
@@ -179,13 +217,15 @@ impl<S: Backing> Write for GuardedStream<S> {
             .write(buf)
             .inspect_err(|_| self.inner_position = None)?;
         let end = position + written as u64;
-        let cache_end = self.cache_start + self.cache.len() as u64;
-        if position < cache_end && end > self.cache_start {
-            let from = position.max(self.cache_start);
-            let to = end.min(cache_end);
-            let source = &buf[(from - position) as usize..(to - position) as usize];
-            let target = (from - self.cache_start) as usize..(to - self.cache_start) as usize;
-            self.cache[target].copy_from_slice(source);
+        for block in &mut self.cache {
+            let block_end = block.start + block.bytes.len() as u64;
+            if position < block_end && end > block.start {
+                let from = position.max(block.start);
+                let to = end.min(block_end);
+                let source = &buf[(from - position) as usize..(to - position) as usize];
+                let target = (from - block.start) as usize..(to - block.start) as usize;
+                block.bytes[target].copy_from_slice(source);
+            }
         }
         self.inner_position = Some(end);
         self.position = end;
@@ -264,6 +304,28 @@ mod tests {
             }
             let end = (offset as usize + length).min(bytes.len());
             assert_eq!(&got[..end - offset as usize], &bytes[offset as usize..end]);
+        }
+    }
+
+    #[test]
+    fn alternating_reads_of_distant_regions_and_writes_to_cached_blocks_stay_consistent() {
+        let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut expected = bytes.clone();
+        let mut guarded = stream(bytes, u64::MAX, true);
+        for round in 0..50u64 {
+            for region in [0u64, 300_000, 600_000, 750_000, 450_000] {
+                let offset = region + round * 4096;
+                guarded.seek(SeekFrom::Start(offset)).unwrap();
+                let mut chunk = [0u8; 100];
+                guarded.read_exact(&mut chunk).unwrap();
+                let at = offset as usize;
+                assert_eq!(&chunk[..], &expected[at..at + 100], "offset {offset}");
+                if round % 7 == 0 {
+                    guarded.seek(SeekFrom::Start(offset + 50)).unwrap();
+                    guarded.write_all(&[round as u8; 10]).unwrap();
+                    expected[at + 50..at + 60].fill(round as u8);
+                }
+            }
         }
     }
 
