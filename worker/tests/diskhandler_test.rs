@@ -164,6 +164,28 @@ fn the_disk_is_sized_for_its_content_plus_the_free_space_and_not_much_more() {
 }
 
 #[test]
+fn names_fat_cannot_store_are_errors_naming_the_host_file_or_the_image_path() {
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("io.img");
+    let mut disk = DiskOperations::create(&image, 4 * MIB).unwrap();
+    let staging = work.path().join("staging");
+    fs::create_dir(&staging).unwrap();
+    fs::write(staging.join("what?.whl"), b"x").unwrap();
+    let error = disk.upload(&staging, "wheels").unwrap_err();
+    assert!(error.to_string().contains("/wheels/what?.whl"), "{error}");
+
+    fs::remove_file(staging.join("what?.whl")).unwrap();
+    fs::write(staging.join("Wheel.whl"), b"x").unwrap();
+    fs::write(staging.join("wheel.WHL"), b"y").unwrap();
+    let error = disk.upload(&staging, "wheels").unwrap_err();
+    assert!(matches!(&error, Error::Host { .. }), "{error}");
+    assert!(
+        error.to_string().contains("differs only in case"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_full_disk_is_an_error_naming_the_file() {
     let work = tempfile::tempdir().unwrap();
     let image = work.path().join("io.img");
