@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod control;
+pub mod diskhandler;
 pub mod error;
 pub mod image;
 pub mod pypidownload;
