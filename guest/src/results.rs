@@ -90,6 +90,19 @@ pub enum TaskStatus {
     TimedOut,
 }
 
+impl TaskStatus {
+    /// The stable name (`passed`, `timed_out`, ...), as in results.json.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Error => "error",
+            Self::Skipped => "skipped",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// One task's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

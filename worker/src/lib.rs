@@ -6,8 +6,11 @@ pub mod control;
 pub mod diskhandler;
 pub mod error;
 pub mod image;
+pub mod manager;
+pub mod progress;
 pub mod pypidownload;
 pub mod stateofvm;
+pub mod summary;
 pub mod vms;
 
 pub use error::{Error, Result};

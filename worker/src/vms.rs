@@ -333,7 +333,9 @@ impl VirtualMachine {
     /// choosing KVM or TCG for QEMU connections.
     pub async fn define(connection: &Connection, config: &VmConfig) -> Result<Self, VmError> {
         config.validate()?;
-        let files = config
+        // Collected, not a lazy iterator: closures in a chain held across an await make
+        // the future fail the `Send` bound of `tokio::spawn`.
+        let files: Vec<(&'static str, PathBuf)> = config
             .hard_disk
             .iter()
             .chain(&config.extra_disks)
@@ -342,7 +344,8 @@ impl VirtualMachine {
             .chain(config.kernel.iter().flat_map(|k| {
                 std::iter::once(("kernel", k.kernel.clone()))
                     .chain(k.initrd.iter().map(|p| ("initrd", p.clone())))
-            }));
+            }))
+            .collect();
         if connection.hypervisor() != Hypervisor::Test {
             for (what, path) in files {
                 if !path.exists() {

@@ -217,6 +217,7 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
         let log_name = format!("logs/{}.log", spec.kind);
         let log_path = options.io_dir.join("results").join(&log_name);
         let work_log = options.work_dir.join(format!("{}.log", spec.kind));
+        progress(&format!("task {} started", spec.kind));
         let ran = catch_unwind(AssertUnwindSafe(|| context.run_task(spec, &work_log)));
         if work_log.exists() {
             if let Err(error) = copy_capped(&work_log, &log_path, MAX_LOG_BYTES) {
@@ -248,12 +249,28 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
             message: output.message,
             metrics: output.metrics,
         });
+        progress(&format!(
+            "task {} {} {:.1}s",
+            spec.kind,
+            output.status.as_str(),
+            task_started.elapsed().as_secs_f64()
+        ));
     }
     let (outcome, detail) = decide_outcome(&results.tasks);
     results.outcome = outcome;
     results.outcome_detail = detail;
     results.duration_s = started.elapsed().as_secs_f64();
     results
+}
+
+/// Prefix of the progress lines the agent writes to stderr (the VM's console), which the
+/// host follows to show each task as it starts and ends.
+pub const PROGRESS_PREFIX: &str = "pyti-guest: ";
+
+/// Writes one progress line: `pyti-guest: task install started`,
+/// `pyti-guest: task install passed 4.2s`.
+fn progress(line: &str) {
+    eprintln!("{PROGRESS_PREFIX}{line}");
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! `diskhandler` replaces them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::{GuestImage, ImageError};
+use crate::diskhandler::{self, DiskOperations, ReadLimits};
 use crate::vms::{
     Accelerator, AcceleratorChoice, Connection, DiskSpec, Overlay, VirtualMachine, VmConfig,
 };
@@ -70,47 +70,25 @@ pub fn parse_selftest(bytes: &[u8]) -> Result<SelftestRecord, String> {
     Ok(record)
 }
 
-/// Creates an empty FAT IO disk of `size_mib` at `path` with `mkfs.fat`.
+/// Creates an empty FAT IO disk of `size_mib` at `path` (with an empty `results/`).
 pub fn make_fat_io_disk(path: &Path, size_mib: u64) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(path);
-    run_tool(
-        "mkfs.fat",
-        "dosfstools",
-        Command::new("mkfs.fat")
-            .args(["-C", "-n", "PYTIIO"])
-            .arg(path)
-            .arg((size_mib * 1024).to_string()),
-    )
-    .map(|_| ())
+    let mut disk = DiskOperations::create(path, size_mib << 20)?;
+    disk.create_dir(diskhandler::RESULTS_DIR)?;
+    Ok(disk.close()?)
 }
 
-/// Reads `inner` (e.g. `results/selftest.json`) from a FAT image with `mcopy`.
+/// Reads `inner` (e.g. `results/selftest.json`) from a FAT image the guest wrote, with
+/// the hostile-input caps of the IO disk reader.
 pub fn read_fat_file(image: &Path, inner: &str) -> Result<Vec<u8>, ImageError> {
-    run_tool(
-        "mcopy",
-        "mtools",
-        Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-n")
-            .arg("-i")
-            .arg(image)
-            .arg(format!("::{inner}"))
-            .arg("-"),
-    )
-}
-
-fn run_tool(tool: &str, package: &str, command: &mut Command) -> Result<Vec<u8>, ImageError> {
-    let output = command.output().map_err(|_| ImageError::MissingTool {
-        tool: tool.to_owned(),
-        package: package.to_owned(),
+    let scratch = tempfile::tempdir().map_err(|source| ImageError::Io {
+        path: std::env::temp_dir(),
+        source,
     })?;
-    if !output.status.success() {
-        return Err(ImageError::Step {
-            step: tool.to_owned(),
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(output.stdout)
+    let dest = scratch.path().join("file");
+    let mut disk = DiskOperations::open_read_only(image, ReadLimits::default())?;
+    disk.download(inner, &dest)?;
+    std::fs::read(&dest).map_err(|source| ImageError::Io { path: dest, source })
 }
 
 /// Boots `image` in self-test mode on `connection`, waits up to `timeout` for it to power
@@ -229,7 +207,7 @@ mod tests {
         make_fat_io_disk(&image, 2).unwrap();
         let source = dir.path().join("hello.json");
         std::fs::write(&source, b"{\"hi\":1}").unwrap();
-        let status = Command::new("mcopy")
+        let status = std::process::Command::new("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(&image)

@@ -93,6 +93,9 @@ pub enum ImageError {
     /// Driving the VM failed.
     #[error(transparent)]
     Vm(#[from] crate::vms::VmError),
+    /// Writing or reading an IO disk failed.
+    #[error(transparent)]
+    Disk(#[from] crate::diskhandler::Error),
     /// File system error.
     #[error("{path}: {source}")]
     Io {

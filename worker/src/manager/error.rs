@@ -1,0 +1,146 @@
+//! Why a job run produced no results, sorted into whose fault it is: the farm's
+//! (retried, never blamed on the package), the package's or request's (never retried),
+//! or nobody's (cancelled).
+
+use std::path::{Path, PathBuf};
+
+use crate::diskhandler;
+use crate::image::ImageError;
+use crate::pypidownload;
+use crate::stateofvm::SlotError;
+use crate::vms::VmError;
+
+/// Whose fault a failed run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The farm failed (VM, disk, index unreachable, agent): retry elsewhere.
+    Farm,
+    /// What was asked cannot be tested (no such project or version, no file for the
+    /// platform, unsatisfiable dependencies): retrying changes nothing.
+    Package,
+    /// The request names something this worker does not offer (recipe, platform).
+    Request,
+    /// Stopped on request.
+    Cancelled,
+}
+
+/// Errors of one job run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Resolving or downloading from the index failed.
+    #[error(transparent)]
+    Download(#[from] pypidownload::Error),
+    /// Writing or reading the IO disk failed.
+    #[error(transparent)]
+    Disk(#[from] diskhandler::Error),
+    /// A libvirt operation failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The VM could not be started.
+    #[error("the VM did not start: {0}")]
+    Boot(#[source] VmError),
+    /// The guest image is missing or could not be built.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The VM slot pool refused.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// The job for the guest could not be made.
+    #[error(transparent)]
+    Job(#[from] pyti_guest::job::JobError),
+    /// The recipe is unknown or invalid.
+    #[error(transparent)]
+    Recipe(#[from] pyti_guest::recipe::RecipeError),
+    /// What the guest wrote is not a valid results dict.
+    #[error("the guest's results.json was refused: {0}")]
+    Results(#[from] pyti_guest::results::ResultsError),
+    /// A host file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The VM ran past the platform's wall-time limit and was destroyed.
+    #[error("the VM did not power off within {seconds} s and was destroyed (guest console: {})", console_log.display())]
+    Deadline {
+        /// The limit (`run_timeout_s`).
+        seconds: u32,
+        /// The guest's console log.
+        console_log: PathBuf,
+    },
+    /// The VM powered off without ever starting the agent (a boot failure).
+    #[error("the VM powered off before the agent started (guest console: {})", console_log.display())]
+    NoAgent {
+        /// The guest's console log.
+        console_log: PathBuf,
+    },
+    /// The agent ended without writing results.
+    #[error("the guest agent wrote no results: {record} (guest console: {})", console_log.display())]
+    AgentFailed {
+        /// The init's agent-error record, if any.
+        record: String,
+        /// The guest's console log.
+        console_log: PathBuf,
+    },
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// No platform of that name on this worker.
+    #[error("this worker offers no platform {platform:?} (it offers: {})", offered.join(", "))]
+    UnknownPlatform {
+        /// The platform asked for.
+        platform: String,
+        /// What the worker offers.
+        offered: Vec<String>,
+    },
+    /// The platform lacks variants the job asks for.
+    #[error("platform {platform} does not offer the variants {} (it offers: {})", missing.join(", "), if offered.is_empty() { "none".to_owned() } else { offered.join(", ") })]
+    UnknownVariants {
+        /// The platform.
+        platform: String,
+        /// Variants asked for and not offered.
+        missing: Vec<String>,
+        /// Variants the platform offers.
+        offered: Vec<String>,
+    },
+    /// The VM of a slot could not be removed: the slot is broken.
+    #[error("rolling back VM slot {slot} failed: {detail}")]
+    Rollback {
+        /// The slot.
+        slot: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A background task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RunError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whose fault this is.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Download(e) if e.is_transient() => FailureKind::Farm,
+            Self::Download(
+                pypidownload::Error::Io { .. }
+                | pypidownload::Error::Internal(_)
+                | pypidownload::Error::HashMismatch { .. },
+            ) => FailureKind::Farm,
+            Self::Download(_) => FailureKind::Package,
+            Self::Recipe(_) | Self::UnknownPlatform { .. } | Self::UnknownVariants { .. } => {
+                FailureKind::Request
+            }
+            Self::Cancelled => FailureKind::Cancelled,
+            _ => FailureKind::Farm,
+        }
+    }
+}
