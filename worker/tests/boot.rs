@@ -93,6 +93,7 @@ async fn boot(
     work: &Path,
     name: &str,
     selftest: bool,
+    cmdline_extra: &str,
 ) -> (PathBuf, Duration) {
     let io_disk = work.join(format!("{name}-io.img"));
     fat_disk(&io_disk);
@@ -101,7 +102,11 @@ async fn boot(
     config.vcpus = 1;
     config.hard_disk = Some(DiskSpec::overlay(&overlay.path, &overlay.base));
     config.extra_disks = vec![DiskSpec::new(&io_disk)];
-    config.kernel = Some(image.direct_boot(selftest));
+    let mut kernel = image.direct_boot(selftest);
+    if !cmdline_extra.is_empty() {
+        kernel.cmdline = format!("{} {cmdline_extra}", kernel.cmdline);
+    }
+    config.kernel = Some(kernel);
     config.serial_log = Some(work.join(format!("{name}-console.log")));
     config.accelerator = AcceleratorChoice::Tcg;
     connection.cleanup_stale(name).await.unwrap();
@@ -179,6 +184,7 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
         &work,
         "pyti-boottest-0",
         true,
+        "",
     )
     .await;
     let record = check::parse_selftest(&fat_read(&io_disk, "results/selftest.json"))
@@ -192,8 +198,8 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
     overlay.reset().await.unwrap();
     let rollback_time = rollback_started.elapsed();
 
-    // 3. Agent mode: the agent exits without writing results.json, so init must leave an
-    //    error record on the IO disk and still power off.
+    // 3. Agent mode with an agent that dies without writing results.json (`/bin/false`
+    //    in its place): init must leave an error record on the IO disk and power off.
     let (io_disk, agent_boot_time) = boot(
         &connection,
         &image,
@@ -201,6 +207,7 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
         &work,
         "pyti-boottest-0",
         false,
+        "pyti.agent=/bin/false",
     )
     .await;
     let listing = fat_list(&io_disk, "results");

@@ -31,10 +31,13 @@ hostname pyti-guest 2>/dev/null
 
 io_device=/dev/vdb
 selftest=0
+# pyti.agent=PATH runs another program as the agent (to check an image's error path).
+agent=/usr/local/bin/pyti-guest
 for word in $(cat /proc/cmdline); do
     case "$word" in
         pyti.io=*) io_device="${word#pyti.io=}" ;;
         pyti.selftest=1) selftest=1 ;;
+        pyti.agent=*) agent="${word#pyti.agent=}" ;;
     esac
 done
 
@@ -59,7 +62,7 @@ if [ "$selftest" = 1 ]; then
 fi
 
 say "starting agent"
-/usr/local/bin/pyti-guest run --io /io > /dev/console 2>&1
+"$agent" run --io /io > /dev/console 2>&1
 status=$?
 say "agent exited with status $status"
 if [ ! -f /io/results/results.json ]; then
