@@ -205,7 +205,14 @@ impl Manager {
             .await;
 
         stage.start(Stage::Rollback, lease.name());
-        let rolled_back = rollback(runtime, &lease, &run_dir, &staging).await;
+        let overlay = overlay_dir(&self.config.root).join(format!("{}.qcow2", lease.name()));
+        let rolled_back = rollback(
+            runtime,
+            &lease,
+            &[run_dir.join("io.img"), overlay],
+            &staging,
+        )
+        .await;
         timings.push(stage.finish(""));
         match rolled_back {
             Ok(()) => {
@@ -322,8 +329,7 @@ impl Manager {
 
         // Boot ends when the init says the agent starts; the console follower says when.
         let stop_following = CancellationToken::new();
-        let (agent_started_tx, mut agent_started_rx) =
-            tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let agent_started = Arc::new(std::sync::OnceLock::new());
         let follower = {
             let (path, job_id, sender, stop) = (
                 console_log.clone(),
@@ -331,9 +337,30 @@ impl Manager {
                 progress.clone(),
                 stop_following.clone(),
             );
+            let agent_started = Arc::clone(&agent_started);
             tokio::spawn(async move {
+                let events = sender.clone();
+                let id = job_id.clone();
                 follow_console(&path, &job_id, sender, stop, move || {
-                    let _ = agent_started_tx.send(Instant::now());
+                    let elapsed = started.elapsed();
+                    let _ = agent_started.set(Instant::now());
+                    emit(
+                        &events,
+                        Progress::StageFinished {
+                            job_id: id.clone(),
+                            stage: Stage::Boot,
+                            elapsed,
+                            detail: "agent started".into(),
+                        },
+                    );
+                    emit(
+                        &events,
+                        Progress::StageStarted {
+                            job_id: id.clone(),
+                            stage: Stage::Tasks,
+                            detail: String::new(),
+                        },
+                    );
                 })
                 .await;
             })
@@ -348,21 +375,21 @@ impl Manager {
         stop_following.cancel();
         let _ = follower.await;
         let powered_off = Instant::now();
-        let agent_started = agent_started_rx.try_recv().ok();
-        let boot_elapsed = agent_started.map_or(powered_off - started, |at| at - started);
-        stage.finish_with(
-            Stage::Boot,
-            boot_elapsed,
-            if agent_started.is_some() {
-                "agent started"
-            } else {
-                "the agent never started"
-            },
-        );
-        timings.push((Stage::Boot, boot_elapsed));
-        if let Some(at) = agent_started {
-            timings.push((Stage::Tasks, powered_off - at));
-            stage.finish_with(Stage::Tasks, powered_off - at, "VM powered off");
+        let agent_started = agent_started.get().copied();
+        match agent_started {
+            Some(at) => {
+                timings.push((Stage::Boot, at - started));
+                timings.push((Stage::Tasks, powered_off - at));
+                stage.finish_with(Stage::Tasks, powered_off - at, "VM powered off");
+            }
+            None => {
+                timings.push((Stage::Boot, powered_off - started));
+                stage.finish_with(
+                    Stage::Boot,
+                    powered_off - started,
+                    "the agent never started",
+                );
+            }
         }
         let _ = vm.undefine().await;
         let _ = overlay.discard().await;
@@ -465,11 +492,12 @@ pub fn outcome_name(results: &Results) -> String {
         .unwrap_or_default()
 }
 
-/// Removes what a run made: VM, overlay, IO disk, staging copy. The results stay.
+/// Removes what a run made: VM, `files` (overlay, IO disk), staging copy. Whatever
+/// step the run failed at, nothing else is left. The results stay.
 async fn rollback(
     runtime: &PlatformRuntime,
     lease: &SlotLease,
-    run_dir: &Path,
+    files: &[PathBuf],
     staging: &Path,
 ) -> Result<(), RunError> {
     if lease.state() != crate::stateofvm::SlotState::RollingBack {
@@ -485,10 +513,10 @@ async fn rollback(
             detail: "the domain is still defined".into(),
         });
     }
-    for path in [run_dir.join("io.img")] {
-        if let Err(e) = tokio::fs::remove_file(&path).await {
+    for path in files {
+        if let Err(e) = tokio::fs::remove_file(path).await {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(RunError::io(&path, e));
+                return Err(RunError::io(path, e));
             }
         }
     }

@@ -16,37 +16,9 @@ use pyti_worker::vms::{
     Accelerator, AcceleratorChoice, Connection, DiskSpec, Overlay, VirtualMachine, VmConfig,
 };
 
-const URI: &str = "qemu:///system";
+mod support;
 
-fn test_root() -> PathBuf {
-    std::env::var_os("PYTI_TEST_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/pyti-test-root"))
-}
-
-/// Builds the static guest agent (a no-op when it is up to date) and returns its path.
-fn static_agent() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "pyti-guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the static pyti-guest failed");
-    let agent = workspace.join("target/x86_64-unknown-linux-gnu/release/pyti-guest");
-    image::agent::check_static_agent(&agent).expect("the agent is static");
-    agent
-}
+use support::{static_agent, test_root, URI};
 
 fn sh(command: &mut Command) -> Vec<u8> {
     let output = command.output().expect("command runs");
