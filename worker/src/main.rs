@@ -31,6 +31,9 @@ enum Command {
     /// Build, list and check guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Resolve and download a distribution's closure into the cache (and --dest), then
+    /// print the resolved set: to pre-warm a worker or debug a failed install.
+    Download(pyti_worker::pypidownload::cli::DownloadArgs),
 }
 
 #[tokio::main]
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Image(command) => Ok(pyti_worker::image::cli::run(&config.root, command).await?),
+        Command::Download(args) => pyti_worker::pypidownload::cli::run(args, &config.root.join("cache/pypi")).await,
     }
 }
 
