@@ -385,6 +385,48 @@ mod tests {
     }
 
     #[test]
+    fn a_zip_sdist_is_read_and_stored_under_its_sha256() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("PyTI_LocalDemo-1.0.zip");
+        {
+            let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+            let options = zip::write::SimpleFileOptions::default();
+            zip.start_file("PyTI_LocalDemo-1.0/PKG-INFO", options)
+                .unwrap();
+            zip.write_all(
+                b"Metadata-Version: 2.1\nName: PyTI_LocalDemo\nVersion: 1.0\nRequires-Dist: six\n",
+            )
+            .unwrap();
+            zip.finish().unwrap();
+        }
+        let local = local_distribution_metadata(&path).unwrap();
+        assert_eq!(local.name, "pyti-localdemo");
+        assert_eq!(local.kind, LocalKind::Sdist);
+        assert_eq!(local.metadata.requires_dist, vec!["six"]);
+        assert_eq!(local.build_requires, archive::DEFAULT_BUILD_REQUIRES);
+        // Metadata 2.1 in an sdist: its requirements need a guest pass (PEP 643).
+        assert!(!local.requirements_known());
+        assert_eq!(
+            local.label(),
+            "pyti-localdemo 1.0 (local file PyTI_LocalDemo-1.0.zip)"
+        );
+
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let file = local.store(&cache).unwrap();
+        assert_eq!(file.sha256(), Some(local.sha256.as_str()));
+        assert_eq!(file.kind(), FileKind::Sdist);
+        assert_eq!(file.version("pyti-localdemo").unwrap(), local.version);
+        let blob = cache.blob(&local.sha256).unwrap();
+        assert_eq!(std::fs::read(blob).unwrap(), std::fs::read(&path).unwrap());
+        assert_eq!(cache.metadata(&local.sha256).unwrap(), local.metadata_text);
+        assert_eq!(
+            cache.build_requirements(&local.sha256).unwrap(),
+            local.build_requires
+        );
+    }
+
+    #[test]
     fn wheel_tags_and_requires_python_must_fit_the_guest() {
         let target = TargetEnv::default();
         let plain = metadata("demo", "1.0", "");
