@@ -14,7 +14,8 @@ use super::tags::TargetEnv;
 /// Arguments of `pyti-worker download`.
 #[derive(Debug, Clone, Args)]
 pub struct DownloadArgs {
-    /// What to download: NAME, NAME==VERSION or a PEP 508 requirement.
+    /// What to download: NAME, NAME==VERSION, a PEP 508 requirement, or the path of a local
+    /// wheel or sdist (its dependencies and tools then come from the index).
     pub requirement: String,
     /// Place the files under DIR/dist, DIR/wheels and DIR/tools.
     #[arg(long, value_name = "DIR")]
@@ -37,7 +38,7 @@ pub struct DownloadArgs {
 pub async fn run(args: DownloadArgs, cache_root: &Path) -> anyhow::Result<()> {
     let target = TargetEnv::cpython(&args.python)?;
     let cache = Cache::open(cache_root)?;
-    let mut request = Request::new(args.requirement.clone()).with_index(args.index_url.clone());
+    let mut request = Request::from_argument(&args.requirement).with_index(args.index_url.clone());
     request.tools = if args.tools.is_empty() {
         DEFAULT_TOOLS.iter().map(|t| t.to_string()).collect()
     } else {

@@ -22,7 +22,8 @@ use super::client::{IndexClient, Mode, PYPI_SIMPLE};
 use super::coremeta::CoreMetadata;
 use super::error::{Error, Result};
 use super::index::{normalize_name, FileKind, IndexFile};
-use super::resolver::{self, RequirementsOverride, ResolveInput};
+use super::localdist::{local_distribution_metadata, local_kind};
+use super::resolver::{self, LocalRoot, RequirementsOverride, ResolveInput};
 use super::selection::{best_file, pinned_version};
 use super::tags::{TagRanking, TargetEnv};
 use super::tools;
@@ -47,6 +48,11 @@ pub struct Request {
     pub include_sources: bool,
     /// Files downloaded at once. Default: 8.
     pub parallel_downloads: usize,
+    /// A local wheel or sdist to test instead of a release of the index: it is the root
+    /// of the resolution (its dependencies still come from the index) and `requirement`
+    /// is only a label. Default: none.
+    #[serde(default)]
+    pub local_distribution: Option<PathBuf>,
 }
 
 impl Request {
@@ -59,7 +65,38 @@ impl Request {
             overrides: Vec::new(),
             include_sources: true,
             parallel_downloads: 8,
+            local_distribution: None,
         }
+    }
+
+    /// A request testing the local wheel or sdist at `path`, its dependencies and tools
+    /// from PyPI.
+    pub fn local(path: impl Into<PathBuf>) -> Self {
+        Request::new("").with_local_distribution(path)
+    }
+
+    /// A request from a command-line argument: the local wheel or sdist it names (an
+    /// existing file, or a path with a `/`, ending in `.whl`, `.tar.gz`, `.tgz` or
+    /// `.zip`), else a requirement on PyPI.
+    pub fn from_argument(argument: &str) -> Self {
+        let argument = argument.trim();
+        let is_path = local_kind(argument).is_ok()
+            && !argument.contains("://")
+            && !argument.contains(" @ ")
+            && (argument.contains('/') || Path::new(argument).is_file());
+        if is_path {
+            Request::local(argument)
+        } else {
+            Request::new(argument)
+        }
+    }
+
+    /// The same request with the local file at `path` as the distribution under test.
+    pub fn with_local_distribution(mut self, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        self.requirement = path.display().to_string();
+        self.local_distribution = Some(path);
+        self
     }
 
     /// A request from a job's project name and version (empty version: latest).
@@ -83,6 +120,12 @@ impl Request {
 
     /// The requirement parsed, or why it cannot be.
     pub fn parsed(&self) -> Result<Requirement<VerbatimUrl>> {
+        if self.local_distribution.is_some() {
+            return Err(Error::InvalidRequest {
+                request: self.requirement.clone(),
+                reason: "a request for a local file has no requirement to parse".into(),
+            });
+        }
         let invalid = |reason: String| Error::InvalidRequest {
             request: self.requirement.clone(),
             reason,
@@ -208,14 +251,26 @@ pub async fn resolve_and_download(
     cache: &Cache,
     dest: Option<&Path>,
 ) -> Result<ResolvedSet> {
-    let requirement = request.parsed()?;
-    let pinned = match &requirement.version_or_url {
-        Some(VersionOrUrl::VersionSpecifier(specifiers)) => pinned_version(specifiers).is_some(),
-        _ => false,
+    let local = match &request.local_distribution {
+        Some(path) => Some(prepare_local(path, target, cache).await?),
+        None => None,
     };
+    let requirement = match &local {
+        Some(local) => local_requirement(local)?,
+        None => request.parsed()?,
+    };
+    // A local file is an exact release: its metadata is keyed by its sha256.
+    let pinned = local.is_some()
+        || match &requirement.version_or_url {
+            Some(VersionOrUrl::VersionSpecifier(specifiers)) => {
+                pinned_version(specifiers).is_some()
+            }
+            _ => false,
+        };
+    let local = local.as_ref();
     let mut set = None;
     if pinned {
-        match run(request, &requirement, target, cache, Mode::CacheOnly).await {
+        match run(request, &requirement, local, target, cache, Mode::CacheOnly).await {
             Ok(found) => set = Some(found),
             Err(error) => {
                 tracing::debug!(request = %request.requirement, %error, "cache cannot answer, going online")
@@ -224,7 +279,7 @@ pub async fn resolve_and_download(
     }
     let mut set = match set {
         Some(set) => set,
-        None => run(request, &requirement, target, cache, Mode::Online).await?,
+        None => run(request, &requirement, local, target, cache, Mode::Online).await?,
     };
     if let Some(dest) = dest {
         place(&mut set, dest).await?;
@@ -232,9 +287,44 @@ pub async fn resolve_and_download(
     Ok(set)
 }
 
+/// Reads, checks and caches the local file of a request, as the resolver's root.
+async fn prepare_local(path: &Path, target: &TargetEnv, cache: &Cache) -> Result<LocalRoot> {
+    let path = path.to_path_buf();
+    let target = target.clone();
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        let local = local_distribution_metadata(&path)?;
+        local.check_target(&target)?;
+        for line in &local.metadata.requires_dist {
+            Requirement::<VerbatimUrl>::from_str(line).map_err(|e| Error::LocalDistribution {
+                path: path.clone(),
+                reason: format!("Requires-Dist {line:?} does not parse: {e}"),
+            })?;
+        }
+        let file = local.store(&cache)?;
+        Ok(LocalRoot {
+            label: local.label(),
+            requirements_known: local.requirements_known(),
+            requires_dist: local.metadata.requires_dist.clone(),
+            name: local.name,
+            version: local.version,
+            file,
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reading the local distribution failed: {e}")))?
+}
+
+/// `name==version` of a local root, the resolution's top-level requirement.
+fn local_requirement(local: &LocalRoot) -> Result<Requirement<VerbatimUrl>> {
+    Requirement::<VerbatimUrl>::from_str(&format!("{}=={}", local.name, local.version))
+        .map_err(|e| Error::Internal(format!("{} does not make a requirement: {e}", local.label)))
+}
+
 async fn run(
     request: &Request,
     requirement: &Requirement<VerbatimUrl>,
+    local: Option<&LocalRoot>,
     target: &TargetEnv,
     cache: &Cache,
     mode: Mode,
@@ -250,10 +340,14 @@ async fn run(
         client.clone(),
         target,
         ResolveInput {
-            label: request.requirement.trim().to_string(),
+            label: match local {
+                Some(local) => local.label.clone(),
+                None => request.requirement.trim().to_string(),
+            },
             requirements: vec![requirement.clone()],
             explain_top_level: true,
             overrides: request.overrides.clone(),
+            local: local.cloned(),
         },
     )
     .await?;
@@ -264,14 +358,20 @@ async fn run(
         .ok_or_else(|| Error::Internal(format!("{root_name} is missing from its own resolution")))?
         .clone();
 
-    let page = client.project_page(&root_name).await?;
-    let release_files: Vec<IndexFile> = page
-        .files
-        .iter()
-        .filter(|file| file.version(&root_name).as_ref() == Some(&root.version))
-        .cloned()
-        .collect();
+    // The index's copy of a local project is never looked at.
+    let release_files: Vec<IndexFile> = match local {
+        Some(local) => vec![local.file.clone()],
+        None => client
+            .project_page(&root_name)
+            .await?
+            .files
+            .iter()
+            .filter(|file| file.version(&root_name).as_ref() == Some(&root.version))
+            .cloned()
+            .collect(),
+    };
     let sources = match root.file.kind() {
+        _ if local.is_some() => None,
         FileKind::Sdist => None,
         _ if !request.include_sources => None,
         _ => {
@@ -365,8 +465,11 @@ async fn run(
             package.file.clone(),
         )
     }));
-    let (distribution, sources, dependencies, mut tools) =
+    let (mut distribution, sources, dependencies, mut tools) =
         futures_util::try_join!(distribution, sources_download, dependencies, tools)?;
+    if local.is_some() {
+        distribution.from_cache = false;
+    }
     tools.sort_by(|a, b| a.name.cmp(&b.name).then(a.filename.cmp(&b.filename)));
 
     let fetched = client.metadata(&root_name, &root.file).await?;
@@ -375,7 +478,10 @@ async fn run(
         file: root.file.filename.clone(),
         reason,
     })?;
-    let checks = run_checks(&metadata, &release_files, &root.file, target);
+    let mut checks = run_checks(&metadata, &release_files, &root.file, target);
+    if local.is_some() {
+        checks.yanked_check.message = "a local file, not on the index: cannot be yanked".into();
+    }
 
     Ok(ResolvedSet {
         request: request.requirement.clone(),
@@ -453,6 +559,38 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn local_requests_carry_the_path_and_older_requests_still_deserialise() {
+        let request = Request::local("dist/foo-1.0.tar.gz");
+        assert_eq!(
+            request.local_distribution.as_deref(),
+            Some(Path::new("dist/foo-1.0.tar.gz"))
+        );
+        assert_eq!(request.requirement, "dist/foo-1.0.tar.gz");
+        assert_eq!(request.index_url, PYPI_SIMPLE);
+        assert!(matches!(
+            request.parsed(),
+            Err(Error::InvalidRequest { .. })
+        ));
+        for (argument, local) in [
+            ("./dist/foo-1.0.tar.gz", true),
+            ("/abs/foo-1.0-py3-none-any.whl", true),
+            ("dist/foo-1.0.zip", true),
+            ("rarfile==4.2", false),
+            ("rarfile", false),
+            ("pkg @ https://example.org/pkg-1.0-py3-none-any.whl", false),
+            ("dist/README", false),
+        ] {
+            let request = Request::from_argument(argument);
+            assert_eq!(request.local_distribution.is_some(), local, "{argument}");
+            assert_eq!(request.requirement, argument);
+        }
+        let mut old = serde_json::to_value(Request::new("rarfile==4.2")).unwrap();
+        old.as_object_mut().unwrap().remove("local_distribution");
+        let old: Request = serde_json::from_value(old).unwrap();
+        assert_eq!(old.local_distribution, None);
     }
 
     #[test]

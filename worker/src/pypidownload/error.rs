@@ -162,6 +162,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A local wheel or sdist given as the distribution under test cannot be used.
+    #[error("local distribution {}: {reason}", path.display())]
+    LocalDistribution {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A file of the cache or the destination could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {

@@ -10,7 +10,7 @@
 //! once is served again from the cache without touching the network.
 //!
 //! Pieces: [`tags`] (target and wheel tags), [`index`] (PEP 691 pages), [`selection`]
-//! (which file), [`coremeta`] and [`archive`] (metadata), [`cache`], [`client`] (the index
+//! (which file), [`coremeta`] and [`archive`] (metadata), [`localdist`] (a local file as the root), [`cache`], [`client`] (the index
 //! shell), [`resolver`] (pubgrub), [`tools`] (the `tools/` set), [`checks`] (the `metadata` task), [`closure`] (the
 //! whole step) and [`cli`] (`pyti-worker download`). Design notes: docs/pypidownload.md.
 
@@ -23,6 +23,7 @@ pub mod closure;
 pub mod coremeta;
 pub mod error;
 pub mod index;
+pub mod localdist;
 pub mod resolver;
 pub mod selection;
 pub mod tags;
@@ -35,5 +36,6 @@ pub use closure::{
     resolve_and_download, DownloadedFile, Request, ResolvedSet, Role, DEFAULT_TOOLS,
 };
 pub use error::{Error, Result};
+pub use localdist::{local_distribution_metadata, LocalDistribution, LocalKind};
 pub use resolver::RequirementsOverride;
 pub use tags::TargetEnv;

@@ -36,7 +36,7 @@ use super::client::IndexClient;
 use super::coremeta::CoreMetadata;
 use super::error::{Error, Result};
 use super::index::{normalize_name, IndexFile};
-use super::selection::Releases;
+use super::selection::{Release, Releases};
 use super::tags::{TagRanking, TargetEnv};
 
 /// Requirements learnt elsewhere (a guest pass) for a release whose metadata is not
@@ -106,6 +106,40 @@ pub struct ResolveInput {
     pub explain_top_level: bool,
     /// Replacement requirements for releases with unknown metadata.
     pub overrides: Vec<RequirementsOverride>,
+    /// A local file standing for its project: the index is never asked about it.
+    pub local: Option<LocalRoot>,
+}
+
+/// A project whose only release is a local file (the distribution under test).
+#[derive(Debug, Clone)]
+pub struct LocalRoot {
+    /// Normalised name.
+    pub name: String,
+    /// Its version.
+    pub version: Version,
+    /// The file, as stored in the cache.
+    pub file: IndexFile,
+    /// Its `Requires-Dist` lines.
+    pub requires_dist: Vec<String>,
+    /// Whether they are authoritative (PEP 643 for sdists).
+    pub requirements_known: bool,
+    /// How it is named in messages, e.g. `foo 1.0 (local file foo-1.0.tar.gz)`.
+    pub label: String,
+}
+
+impl LocalRoot {
+    fn releases(&self) -> Releases {
+        Releases {
+            project: self.name.clone(),
+            releases: vec![Release {
+                version: self.version.clone(),
+                files: vec![self.file.clone()],
+                best: Some(self.file.clone()),
+                best_allowing_yanked: Some(self.file.clone()),
+                all_yanked: false,
+            }],
+        }
+    }
 }
 
 struct Provider {
@@ -127,6 +161,13 @@ impl Provider {
     fn releases(&self, project: &str) -> Result<Arc<Releases>> {
         if let Some(releases) = self.releases.borrow().get(project) {
             return Ok(releases.clone());
+        }
+        if let Some(local) = self.local(project) {
+            let releases = Arc::new(local.releases());
+            self.releases
+                .borrow_mut()
+                .insert(project.to_string(), releases.clone());
+            return Ok(releases);
         }
         let page = self.handle.block_on(self.client.project_page(project))?;
         let releases = Arc::new(Releases::new(&page, &self.target, &self.ranking));
@@ -155,8 +196,18 @@ impl Provider {
             })
     }
 
+    fn local(&self, project: &str) -> Option<&LocalRoot> {
+        self.input
+            .local
+            .as_ref()
+            .filter(|local| local.name == project)
+    }
+
     /// Starts fetching a project's page and newest metadata in the background.
     fn prefetch(&self, project: &str) {
+        if self.local(project).is_some() {
+            return;
+        }
         if !self.prefetched.borrow_mut().insert(project.to_string()) {
             return;
         }
@@ -214,10 +265,14 @@ impl Provider {
                 }
             };
             if let Some(version) = parent_version {
+                let by = match self.local(parent) {
+                    Some(local) => local.label.clone(),
+                    None => format!("{parent} {version}"),
+                };
                 self.required_by
                     .borrow_mut()
                     .entry(name.clone())
-                    .or_insert_with(|| format!("{parent} {version}"));
+                    .or_insert(by);
             }
             let mut packages = vec![Package::Project(name.clone())];
             packages.extend(
@@ -251,9 +306,10 @@ impl Provider {
                 && Version::from_str(&o.version).is_ok_and(|v| &v == version)
         });
         let file = self.file_for(project, version)?;
-        let (lines, known) = match override_lines {
-            Some(found) => (found.requires_dist.clone(), true),
-            None => {
+        let (lines, known) = match (override_lines, self.local(project)) {
+            (Some(found), _) => (found.requires_dist.clone(), true),
+            (None, Some(local)) => (local.requires_dist.clone(), local.requirements_known),
+            (None, None) => {
                 let fetched = self.handle.block_on(self.client.metadata(project, &file))?;
                 let metadata = match CoreMetadata::parse(&fetched.text) {
                     Ok(metadata) => metadata,

@@ -128,6 +128,7 @@ async fn resolve_group(
             requirements,
             explain_top_level: true,
             overrides: request.overrides.clone(),
+            local: None,
         },
     )
     .await
