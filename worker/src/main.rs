@@ -44,7 +44,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Image(command) => Ok(pyti_worker::image::cli::run(&config.root, command).await?),
-        Command::Download(args) => pyti_worker::pypidownload::cli::run(args, &config.root.join("cache/pypi")).await,
+        Command::Download(args) => {
+            pyti_worker::pypidownload::cli::run(args, &config.root.join("cache/pypi")).await
+        }
     }
 }
 

@@ -51,6 +51,9 @@ pub struct JobRequest {
     pub attempt: u32,
     /// What to test.
     pub spec: JobSpec,
+    /// A local sdist or wheel to test instead of the index's copy (its dependencies
+    /// still come from the index).
+    pub local_distribution: Option<PathBuf>,
 }
 
 /// A finished run: the results dict and how long each stage took.
@@ -248,9 +251,13 @@ impl Manager {
         cancel: &CancellationToken,
     ) -> Result<(ResolvedSet, Results), RunError> {
         stage.start(Stage::Download, &job.spec.requirement());
-        let request =
-            pypidownload::Request::from_job(&job.spec.project_name, &job.spec.project_version)
-                .with_index(self.config.index_url.clone());
+        let request = match &job.local_distribution {
+            Some(path) => pypidownload::Request::local(path.clone()),
+            None => {
+                pypidownload::Request::from_job(&job.spec.project_name, &job.spec.project_version)
+            }
+        }
+        .with_index(self.config.index_url.clone());
         let resolved = cancellable(
             cancel,
             pypidownload::resolve_and_download(

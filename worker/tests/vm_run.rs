@@ -263,3 +263,185 @@ fn ctrl_c_mid_run_stops_the_vm_and_leaves_nothing() {
     );
     assert_nothing_left(pid);
 }
+
+fn task<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    results["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} task"))
+}
+
+fn statuses(results: &serde_json::Value) -> Vec<(String, String)> {
+    results["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn expected(statuses: &[(&str, &str)]) -> Vec<(String, String)> {
+    statuses
+        .iter()
+        .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_clean_local_sdist_passes_every_task_in_a_vm() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let sdist = support::build_fixture_sdist("clean", dir.path());
+    let out = vm_run(None, &[sdist.to_str().unwrap(), "--json"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stderr}\n{}",
+        text(&out.stdout)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results["outcome"], "passed");
+    assert_eq!(
+        statuses(&results),
+        expected(&[
+            ("install", "passed"),
+            ("import", "passed"),
+            ("behaviour", "passed"),
+            ("tests", "passed"),
+            ("quality", "passed"),
+            ("metadata", "passed")
+        ])
+    );
+    // The same findings as the agent's host-mode test of this fixture.
+    let install = &task(&results, "install")["metrics"]["install"];
+    assert_eq!(install["installed_from"], "dist/pyti-clean-1.0.tar.gz");
+    assert_eq!(install["weird_place_count"], 0);
+    assert_eq!(
+        task(&results, "import")["metrics"]["import"]["modules"],
+        serde_json::json!([{"module": "pyti_clean", "ok": true, "error": null}])
+    );
+    assert_eq!(
+        task(&results, "behaviour")["metrics"]["behaviour"]["verdict"],
+        "clean"
+    );
+    let tests = &task(&results, "tests")["metrics"]["tests"];
+    assert_eq!(
+        (tests["passed"].as_u64(), tests["failed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(
+        task(&results, "quality")["metrics"]["quality"]["score"],
+        10.0
+    );
+    assert_eq!(
+        results["platform"]["python_version"]
+            .as_str()
+            .map(|v| v.starts_with("3.11")),
+        Some(true)
+    );
+}
+
+#[test]
+fn a_failing_test_suite_gives_exit_code_1() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let sdist = support::build_fixture_sdist("failing", dir.path());
+    let output = dir.path().join("kept");
+    let out = vm_run(
+        None,
+        &[
+            sdist.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{stdout}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("outcome: tests_failed"), "{stdout}");
+    assert!(
+        stdout.contains("1 passed, 1 failed, 0 errors, 0 skipped"),
+        "{stdout}"
+    );
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output.join("results.json")).unwrap()).unwrap();
+    assert_eq!(kept["outcome"], "tests_failed");
+    assert!(output.join("logs/tests.log").is_file());
+    assert!(output.join("console.log").is_file());
+}
+
+#[test]
+fn the_hostile_fixture_is_malicious_in_a_vm_as_in_host_mode() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let sdist = support::build_fixture_sdist("hostile", dir.path());
+    let out = vm_run(
+        None,
+        &[sdist.to_str().unwrap(), "--recipe", "behaviour", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results["outcome"], "harmful_behaviour");
+    let report = &task(&results, "behaviour")["metrics"]["behaviour"];
+    assert_eq!(report["verdict"], "malicious");
+    let network: Vec<(String, u64)> = report["network"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["address"].as_str().unwrap().to_owned(),
+                n["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        network.contains(&("127.0.0.1".to_owned(), 9)),
+        "{network:?}"
+    );
+    let dns: Vec<&str> = report["dns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(dns, ["pyti-fixture.invalid"], "{}", report["dns"]);
+    let sensitive: Vec<&str> = report["sensitive_reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(sensitive, ["/root/.ssh/id_rsa"]);
+    let processes: Vec<String> = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["argv"].to_string())
+        .collect();
+    assert!(
+        processes
+            .iter()
+            .any(|p| p.contains("\"sh\"") && p.contains("\"-c\"")),
+        "{processes:?}"
+    );
+    let persistence: Vec<&str> = report["persistence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(persistence, ["/etc/cron.d/pyti-fixture"]);
+}

@@ -34,7 +34,8 @@ const EXIT_INTERRUPTED: u8 = 130;
     after_help = "Exit codes: 0 all passed, 1 a distribution failed, 2 bad input, 3 infrastructure error, 130 interrupted."
 )]
 struct Cli {
-    /// What to test: NAME, NAME==VERSION, or a job JSON file.
+    /// What to test: NAME, NAME==VERSION, a job JSON file, or a local sdist or wheel
+    /// (its dependencies come from the index).
     targets: Vec<String>,
     /// A job JSON file in the seed's format (repeatable).
     #[arg(long = "target", value_name = "FILE")]
@@ -89,22 +90,33 @@ async fn main() -> ExitCode {
 }
 
 /// The jobs the command line asks for, checked before anything starts.
-fn jobs_from(cli: &Cli) -> anyhow::Result<Vec<JobSpec>> {
+/// A job and, for a local sdist or wheel, its file.
+type Target = (JobSpec, Option<PathBuf>);
+
+fn jobs_from(cli: &Cli) -> anyhow::Result<Vec<Target>> {
+    let (recipe, platform) = (cli.recipe.as_deref(), cli.platform.as_deref());
     let mut jobs = Vec::new();
     for target in &cli.targets {
-        if target.ends_with(".json") || Path::new(target).is_file() {
-            jobs.push(read_job(Path::new(target))?);
+        if let Some(path) =
+            pyti_worker::pypidownload::Request::from_argument(target).local_distribution
+        {
+            let local = pyti_worker::pypidownload::local_distribution_metadata(&path)?;
+            let requirement = format!("{}=={}", local.name, local.version);
+            jobs.push((
+                JobSpec::from_requirement(&requirement, recipe, platform, &cli.variants)?,
+                Some(path),
+            ));
+        } else if target.ends_with(".json") || Path::new(target).is_file() {
+            jobs.push((read_job(Path::new(target))?, None));
         } else {
-            jobs.push(JobSpec::from_requirement(
-                target,
-                cli.recipe.as_deref(),
-                cli.platform.as_deref(),
-                &cli.variants,
-            )?);
+            jobs.push((
+                JobSpec::from_requirement(target, recipe, platform, &cli.variants)?,
+                None,
+            ));
         }
     }
     for file in &cli.target_files {
-        jobs.push(read_job(file)?);
+        jobs.push((read_job(file)?, None));
     }
     anyhow::ensure!(
         !jobs.is_empty(),
@@ -114,18 +126,12 @@ fn jobs_from(cli: &Cli) -> anyhow::Result<Vec<JobSpec>> {
 }
 
 fn read_job(path: &Path) -> anyhow::Result<JobSpec> {
-    if matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("whl" | "gz" | "zip" | "tgz")
-    ) {
-        anyhow::bail!("{}: testing a local sdist or wheel is not supported yet; upload it to a test index, or give NAME==VERSION", path.display());
-    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read job file {}", path.display()))?;
     Ok(JobSpec::from_json(&text, &path.display().to_string())?)
 }
 
-async fn run(cli: Cli, jobs: Vec<JobSpec>) -> anyhow::Result<u8> {
+async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
     let mut config = WorkerConfig::load(cli.config.as_deref())?;
     // Each pyti-vm-run gets its own slot names, so two runs (or a worker daemon) on one
     // host never touch each other's VMs.
@@ -143,7 +149,7 @@ async fn run(cli: Cli, jobs: Vec<JobSpec>) -> anyhow::Result<u8> {
         Some(dir) => RecipeBook::with_overrides(&dir)?,
         None => RecipeBook::embedded(),
     };
-    for job in &jobs {
+    for (job, _) in &jobs {
         if let Err(error) = recipes.get(&job.recipe_identifier) {
             eprintln!("error: {}: {error}", job.requirement());
             return Ok(EXIT_USAGE);
@@ -167,11 +173,12 @@ async fn run(cli: Cli, jobs: Vec<JobSpec>) -> anyhow::Result<u8> {
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
     let mut names = std::collections::HashMap::new();
     let mut runs = tokio::task::JoinSet::new();
-    for spec in jobs {
+    for (spec, local_distribution) in jobs {
         let job = JobRequest {
             job_id: uuid::Uuid::new_v4().to_string(),
             attempt: 1,
             spec,
+            local_distribution,
         };
         names.insert(job.job_id.clone(), job.spec.requirement());
         let (manager, sender, cancel) = (Arc::clone(&manager), sender.clone(), cancel.clone());

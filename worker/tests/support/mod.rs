@@ -70,3 +70,40 @@ pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Builds `pyti-<fixture>-1.0.tar.gz` from the guest's fixture sources
+/// (`guest/tests/fixtures/<fixture>/`) into `dest`, and returns its path.
+pub fn build_fixture_sdist(fixture: &str, dest: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guest/tests/fixtures")
+        .join(fixture);
+    let name = format!("pyti-{fixture}-1.0");
+    let archive = dest.join(format!("{name}.tar.gz"));
+    let script = r#"
+import io, os, sys, tarfile
+source, name, archive, project = sys.argv[1:5]
+pkg_info = f"Metadata-Version: 2.1\nName: {project}\nVersion: 1.0\n".encode()
+with tarfile.open(archive, "w:gz") as tar:
+    for root, dirs, files in os.walk(source):
+        dirs.sort()
+        for file in sorted(files):
+            path = os.path.join(root, file)
+            tar.add(path, arcname=os.path.join(name, os.path.relpath(path, source)))
+    info = tarfile.TarInfo(os.path.join(name, "PKG-INFO"))
+    info.size = len(pkg_info)
+    tar.addfile(info, io.BytesIO(pkg_info))
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(&source)
+        .arg(&name)
+        .arg(&archive)
+        .arg(format!("pyti-{fixture}"))
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "building the {fixture} fixture sdist failed"
+    );
+    archive
+}
