@@ -286,6 +286,11 @@ fn build_into(
     )?;
 
     write_file(&rootfs.join("etc/hostname"), "pyti-guest\n", 0o644)?;
+    // debootstrap copies the build host's resolver; the guest gets loopback instead, so a
+    // package's DNS queries stay inside the VM and the monitor sees the names asked for.
+    let resolv = rootfs.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    write_file(&resolv, "nameserver 127.0.0.1\n", 0o644)?;
     write_file(
         &rootfs.join(recipe::INIT_PATH.trim_start_matches('/')),
         recipe::INIT_SCRIPT,

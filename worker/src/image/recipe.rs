@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bump when the build steps change in a way that changes the image.
-pub const BUILDER_VERSION: u32 = 2;
+pub const BUILDER_VERSION: u32 = 3;
 
 /// PID 1 of the guest (installed as `/usr/local/sbin/pyti-init`).
 pub const INIT_SCRIPT: &str = include_str!("pyti-init.sh");
