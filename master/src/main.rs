@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use pyti_master::config::MasterConfig;
-use pyti_master::service::MasterService;
 
 /// Takes job requests, queues them in RabbitMQ and schedules them onto workers.
 #[derive(Debug, Parser)]
@@ -28,7 +27,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
     tracing::info!(%addr, database = %config.database, "pyti-master listening");
-    pyti_master::service::serve(MasterService, listener, pyti::grpc::shutdown_signal()).await?;
+    pyti_master::service::run(
+        pyti_master::Settings::from_config(&config),
+        &config.database,
+        listener,
+        pyti::grpc::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("pyti-master stopped");
     Ok(())
 }

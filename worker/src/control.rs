@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::WorkerConfig;
 use crate::error::Result as WorkerResult;
+use crate::farm::FarmHandle;
 
 /// Capacity as the worker advertises it; the master schedules by `ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct ControlService {
     draining: Arc<watch::Sender<bool>>,
     /// Ends open WatchCapacity streams, which would otherwise hold a graceful shutdown open.
     shutdown: CancellationToken,
+    /// The farm loop, when this worker takes jobs from a master: cancel and drain reach
+    /// its running jobs through it.
+    farm: Option<FarmHandle>,
 }
 
 impl ControlService {
@@ -44,7 +48,16 @@ impl ControlService {
             config,
             draining: Arc::new(draining),
             shutdown: CancellationToken::new(),
+            farm: None,
         }
+    }
+
+    /// Connects the control plane to the farm loop, so CancelJob stops running jobs and
+    /// Drain stops the loop taking new ones.
+    #[must_use]
+    pub fn with_farm(mut self, farm: FarmHandle) -> Self {
+        self.farm = Some(farm);
+        self
     }
 
     /// Capacity per platform: every configured slot, none ready while draining.
@@ -121,6 +134,12 @@ impl WorkerControl for ControlService {
         &self,
         request: Request<proto::WorkerCancelJobRequest>,
     ) -> Result<Response<proto::WorkerCancelJobResponse>, Status> {
+        if let Some(farm) = &self.farm {
+            let request = request.get_ref();
+            let found = farm.cancel(&request.job_id);
+            tracing::info!(job_id = %request.job_id, reason = %request.reason, found, "Cancel requested");
+            return Ok(Response::new(proto::WorkerCancelJobResponse { found }));
+        }
         Err(Status::unimplemented(format!(
             "CancelJob {}: this worker does not run jobs yet",
             request.get_ref().job_id
@@ -132,10 +151,11 @@ impl WorkerControl for ControlService {
         _request: Request<proto::DrainRequest>,
     ) -> Result<Response<proto::DrainResponse>, Status> {
         self.draining.send_replace(true);
-        tracing::info!(worker_id = %self.config.worker_id, "Draining: taking no new work");
+        let running = self.farm.as_ref().map_or(0, FarmHandle::drain);
+        tracing::info!(worker_id = %self.config.worker_id, running, "Draining: taking no new work");
         Ok(Response::new(proto::DrainResponse {
             capacity: Some(self.capacity_message()),
-            running: 0,
+            running,
         }))
     }
 }

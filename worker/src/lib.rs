@@ -4,5 +4,6 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod farm;
 
 pub use error::{Error, Result};
