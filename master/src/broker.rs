@@ -272,8 +272,18 @@ impl Broker {
         Ok((session, lost))
     }
 
-    async fn declare_on(&self, session: &Session, queue: &str, kind: QueueKind) -> BrokerResult<()> {
-        if session.declared.lock().expect("declared lock").contains(queue) {
+    async fn declare_on(
+        &self,
+        session: &Session,
+        queue: &str,
+        kind: QueueKind,
+    ) -> BrokerResult<()> {
+        if session
+            .declared
+            .lock()
+            .expect("declared lock")
+            .contains(queue)
+        {
             return Ok(());
         }
         session

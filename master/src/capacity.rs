@@ -44,7 +44,10 @@ pub fn apply_capacity(entry: &mut WorkerEntry, capacity: &proto::Capacity) {
 impl Farm {
     /// A worker announces itself: its queue is declared, its capacity recorded and
     /// watched.
-    pub async fn register(self: &Arc<Self>, request: proto::RegisterRequest) -> Result<proto::RegisterResponse> {
+    pub async fn register(
+        self: &Arc<Self>,
+        request: proto::RegisterRequest,
+    ) -> Result<proto::RegisterResponse> {
         if request.worker_id.is_empty() || request.control_address.is_empty() {
             return Err(Error::BadRequest(
                 "Register needs worker_id and control_address".to_owned(),
@@ -54,12 +57,13 @@ impl Farm {
         self.broker.declare(&queue, QueueKind::Worker).await?;
         let capacity = request.capacity.unwrap_or_default();
         let now = now_ms();
-        let registered_at_ms = self
+        let known = self
             .workers
             .lock()
             .expect("workers lock")
             .get(&request.worker_id)
-            .map_or(now, |w| w.registered_at_ms);
+            .map(|w| w.registered_at_ms);
+        let registered_at_ms = known.unwrap_or(now);
         self.store
             .upsert_worker(&WorkerRow {
                 worker_id: request.worker_id.clone(),
@@ -69,8 +73,15 @@ impl Farm {
                 last_seen_ms: now,
             })
             .await?;
-        self.remember_worker(&request.worker_id, &request.control_address, capacity, registered_at_ms);
-        tracing::info!(worker_id = %request.worker_id, address = %request.control_address, "Worker registered");
+        self.remember_worker(
+            &request.worker_id,
+            &request.control_address,
+            capacity,
+            registered_at_ms,
+        );
+        if known.is_none() {
+            tracing::info!(worker_id = %request.worker_id, address = %request.control_address, "Worker registered");
+        }
         Ok(proto::RegisterResponse {
             queue_name: queue,
             lease_renew_interval_s: u32::try_from((self.settings.lease / 3).as_secs())
@@ -83,7 +94,12 @@ impl Farm {
     /// capacity stream answers).
     pub(crate) fn restore_worker(self: &Arc<Self>, row: &WorkerRow) {
         let capacity = proto::Capacity::decode(row.capacity.as_slice()).unwrap_or_default();
-        self.remember_worker(&row.worker_id, &row.control_address, capacity, row.registered_at_ms);
+        self.remember_worker(
+            &row.worker_id,
+            &row.control_address,
+            capacity,
+            row.registered_at_ms,
+        );
     }
 
     fn remember_worker(
@@ -133,7 +149,13 @@ impl Farm {
     }
 
     fn set_connected(&self, worker_id: &str, connected: bool) {
-        if let Some(entry) = self.table.lock().expect("table lock").workers.get_mut(worker_id) {
+        if let Some(entry) = self
+            .table
+            .lock()
+            .expect("table lock")
+            .workers
+            .get_mut(worker_id)
+        {
             entry.connected = connected;
         }
         if connected {
@@ -141,7 +163,12 @@ impl Farm {
         }
     }
 
-    async fn watch_capacity(self: Arc<Self>, worker_id: String, address: String, stop: CancellationToken) {
+    async fn watch_capacity(
+        self: Arc<Self>,
+        worker_id: String,
+        address: String,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let watched = async {
@@ -181,7 +208,12 @@ impl Farm {
             apply_capacity(entry, &capacity);
             entry.connected = true;
         }
-        if let Some(worker) = self.workers.lock().expect("workers lock").get_mut(worker_id) {
+        if let Some(worker) = self
+            .workers
+            .lock()
+            .expect("workers lock")
+            .get_mut(worker_id)
+        {
             worker.capacity = capacity;
             worker.last_seen_ms = now_ms();
         }
@@ -232,7 +264,13 @@ impl Farm {
             .await
             .map_err(|e| unreachable(e.message().to_owned()))?
             .into_inner();
-        if let Some(entry) = self.table.lock().expect("table lock").workers.get_mut(worker_id) {
+        if let Some(entry) = self
+            .table
+            .lock()
+            .expect("table lock")
+            .workers
+            .get_mut(worker_id)
+        {
             entry.draining = true;
         }
         Ok(proto::DrainWorkerResponse {

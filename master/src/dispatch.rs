@@ -82,7 +82,10 @@ impl Farm {
                     if consuming.contains(&queue) {
                         continue;
                     }
-                    match self.start_consumer(&session, &queue, returned, deliveries.clone()).await {
+                    match self
+                        .start_consumer(&session, &queue, returned, deliveries.clone())
+                        .await
+                    {
                         Ok(()) => {
                             consuming.insert(queue);
                         }
@@ -195,7 +198,10 @@ impl Farm {
             }
             return;
         }
-        if waiting.iter().any(|w| w.job.job_id == job.job_id && w.job.attempt == job.attempt) {
+        if waiting
+            .iter()
+            .any(|w| w.job.job_id == job.job_id && w.job.attempt == job.attempt)
+        {
             ack(&incoming.delivery).await;
             return;
         }
@@ -216,7 +222,14 @@ impl Farm {
             .iter()
             .map(|w| (w.job.job_id.clone(), w.requirement.clone()))
             .collect();
-        let placed = self.table.lock().expect("table lock").plan(&requests);
+        let placed = {
+            let mut table = self.table.lock().expect("table lock");
+            let placed = table.plan(&requests);
+            if placed.is_empty() {
+                tracing::debug!(waiting = requests.len(), table = ?table, "Nothing placeable");
+            }
+            placed
+        };
         if placed.is_empty() {
             return;
         }
@@ -241,7 +254,12 @@ impl Farm {
 
     async fn place(&self, waiting: &Waiting, worker_id: &str) -> Placed {
         let job_id = &waiting.job.job_id;
-        let unassign = || self.table.lock().expect("table lock").unassign(worker_id, job_id);
+        let unassign = || {
+            self.table
+                .lock()
+                .expect("table lock")
+                .unassign(worker_id, job_id)
+        };
         let job = match self.store.get_job(job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -255,31 +273,68 @@ impl Farm {
                 return Placed::Retry;
             }
         };
-        if job.attempt != waiting.job.attempt
-            || !matches!(job.state, JobState::Submitted | JobState::Queued)
-        {
+        // An ASSIGNED job whose delivery comes again: the master that assigned it
+        // died before acking, perhaps before publishing; assign it afresh.
+        let placeable = match job.state {
+            JobState::Submitted | JobState::Queued => true,
+            JobState::Assigned => waiting.delivery.redelivered,
+            _ => false,
+        };
+        if job.attempt != waiting.job.attempt || !placeable {
             unassign();
             ack(&waiting.delivery).await;
             return Placed::Dropped;
         }
+        if job.state == JobState::Assigned && job.worker_id != worker_id {
+            self.table
+                .lock()
+                .expect("table lock")
+                .unassign(&job.worker_id, job_id);
+        }
+        let mut assign = Transition::of(
+            &job,
+            JobState::Assigned,
+            format!("assigned to {worker_id}"),
+            now_ms(),
+        );
+        assign.worker_id = worker_id.to_owned();
+        // SubmitJob may be recording QUEUED right now: both are fine to assign from.
+        assign.from = vec![JobState::Submitted, JobState::Queued, job.state];
+        let assigned = match self.transition(&assign).await {
+            Ok(Some(assigned)) => assigned,
+            Ok(None) => {
+                // Cancelled or started meanwhile.
+                unassign();
+                ack(&waiting.delivery).await;
+                return Placed::Dropped;
+            }
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "Cannot record the assignment");
+                unassign();
+                return Placed::Retry;
+            }
+        };
         let mut message = waiting.job.clone();
         message.reason = format!("assigned to {worker_id}");
         let queue = self.broker.topology.worker_queue(worker_id);
-        if let Err(error) = self.broker.publish(&queue, QueueKind::Worker, &message).await {
+        if let Err(error) = self
+            .broker
+            .publish(&queue, QueueKind::Worker, &message)
+            .await
+        {
             tracing::warn!(%job_id, %worker_id, %error, "Cannot move the job to the worker's queue");
+            let mut back = Transition::of(
+                &assigned,
+                JobState::Queued,
+                format!("not assigned: {error}"),
+                now_ms(),
+            );
+            back.worker_id = String::new();
+            if let Err(error) = self.transition(&back).await {
+                tracing::warn!(%job_id, %error, "Assignment not undone; a redelivery will redo it");
+            }
             unassign();
             return Placed::Retry;
-        }
-        let mut assign = Transition::of(&job, JobState::Assigned, format!("assigned to {worker_id}"), now_ms());
-        assign.worker_id = worker_id.to_owned();
-        match self.transition(&assign).await {
-            Ok(Some(_)) => {}
-            // Started already (the worker was quick) or cancelled meanwhile.
-            Ok(None) => unassign(),
-            Err(error) => {
-                tracing::warn!(%job_id, %error, "Assignment not recorded; the worker's StartJob will");
-                unassign();
-            }
         }
         ack(&waiting.delivery).await;
         Placed::Done

@@ -262,7 +262,12 @@ impl Farm {
         self.store.insert_job(&job, "submitted").await?;
         self.announce(&job);
         if let Err(error) = self.publish_to_platform(&job, "submitted").await {
-            let mut failed = Transition::of(&job, JobState::Failed, format!("could not be queued: {error}"), now_ms());
+            let mut failed = Transition::of(
+                &job,
+                JobState::Failed,
+                format!("could not be queued: {error}"),
+                now_ms(),
+            );
             failed.outcome = Outcome::Unspecified;
             self.transition(&failed).await?;
             return Err(error);
@@ -337,7 +342,12 @@ impl Farm {
         let job_id = job_id.to_owned();
         self.tasks.spawn(async move {
             let ended = job.is_terminal();
-            if sender.send(proto::job_event::Event::Job(convert::job(&job))).await.is_err() || ended {
+            if sender
+                .send(proto::job_event::Event::Job(convert::job(&job)))
+                .await
+                .is_err()
+                || ended
+            {
                 return;
             }
             loop {
@@ -367,7 +377,11 @@ impl Farm {
 
     /// Cancels a job: a waiting one at once, a running one through its worker.
     pub async fn cancel(&self, job_id: &str, reason: &str) -> Result<JobRow> {
-        let reason = if reason.is_empty() { "cancelled by a user" } else { reason };
+        let reason = if reason.is_empty() {
+            "cancelled by a user"
+        } else {
+            reason
+        };
         for _ in 0..5 {
             let job = self.job(job_id).await?;
             match job.state {
@@ -380,7 +394,12 @@ impl Farm {
                     }
                 }
                 JobState::Running => {
-                    let mut flag = Transition::of(&job, JobState::Running, format!("cancel requested: {reason}"), now_ms());
+                    let mut flag = Transition::of(
+                        &job,
+                        JobState::Running,
+                        format!("cancel requested: {reason}"),
+                        now_ms(),
+                    );
                     flag.cancel_requested = true;
                     if let Some(job) = self.transition(&flag).await? {
                         if let Err(error) = self.cancel_on_worker(&job, reason).await {
@@ -415,9 +434,10 @@ impl Farm {
             address: address.clone(),
             message,
         };
-        let mut client = proto::worker_control_client::WorkerControlClient::connect(address.clone())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let mut client =
+            proto::worker_control_client::WorkerControlClient::connect(address.clone())
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
         client
             .cancel_job(proto::WorkerCancelJobRequest {
                 job_id: job.job_id.clone(),

@@ -70,7 +70,10 @@ struct Gathered {
 
 impl Farm {
     /// A worker took `job_id` off its queue: record RUNNING with a lease, or say why not.
-    pub async fn start_job(&self, request: &proto::StartJobRequest) -> Result<proto::StartJobResponse> {
+    pub async fn start_job(
+        &self,
+        request: &proto::StartJobRequest,
+    ) -> Result<proto::StartJobResponse> {
         let refuse = |reason: String| proto::StartJobResponse {
             proceed: false,
             reason,
@@ -141,11 +144,19 @@ impl Farm {
 
     /// Extends a running job's lease; tells the worker to stop when the job was
     /// cancelled or no longer runs this attempt there.
-    pub async fn renew_lease(&self, request: &proto::RenewLeaseRequest) -> Result<proto::RenewLeaseResponse> {
+    pub async fn renew_lease(
+        &self,
+        request: &proto::RenewLeaseRequest,
+    ) -> Result<proto::RenewLeaseResponse> {
         let deadline = now_ms() + self.lease_ms();
         let renewed = self
             .store
-            .renew_lease(&request.job_id, request.attempt, &request.worker_id, deadline)
+            .renew_lease(
+                &request.job_id,
+                request.attempt,
+                &request.worker_id,
+                deadline,
+            )
             .await?;
         Ok(match renewed {
             Some(job) => proto::RenewLeaseResponse {
@@ -165,12 +176,14 @@ impl Farm {
     /// Stores the results a worker streams; answers once they are durable.
     pub async fn report_results(
         &self,
-        mut stream: impl Stream<Item = std::result::Result<proto::ResultsMessage, tonic::Status>> + Unpin,
+        mut stream: impl Stream<Item = std::result::Result<proto::ResultsMessage, tonic::Status>>
+            + Unpin,
     ) -> Result<proto::ResultsAck> {
         use proto::results_message::Message;
         let mut gathered = Gathered::default();
         while let Some(message) = stream.next().await {
-            let message = message.map_err(|s| Error::BadRequest(format!("results stream broke: {}", s.message())))?;
+            let message = message
+                .map_err(|s| Error::BadRequest(format!("results stream broke: {}", s.message())))?;
             match message.message {
                 Some(Message::Header(header)) => gathered.header = Some(header),
                 Some(Message::TaskResult(task)) => gathered.tasks.push(task),
@@ -208,7 +221,12 @@ impl Farm {
                 .collect(),
             stored_at_ms: now,
         };
-        let fate = finish(outcome, header.attempt, self.settings.max_attempts, job.cancel_requested);
+        let fate = finish(
+            outcome,
+            header.attempt,
+            self.settings.max_attempts,
+            job.cancel_requested,
+        );
         let mut transition = Transition::of(&job, JobState::Queued, String::new(), now);
         transition.from = LIVE_STATES.to_vec();
         transition.from_attempt = None;
@@ -223,7 +241,11 @@ impl Farm {
                     "results of attempt {} stored ({}){}",
                     header.attempt,
                     outcome.as_str_name(),
-                    if last.error.is_empty() { String::new() } else { format!(": {}", last.error) }
+                    if last.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", last.error)
+                    }
                 );
             }
             Finish::Retry => {
@@ -278,7 +300,8 @@ impl Farm {
                 Finish::End(JobState::Cancelled) => {
                     transition.to = JobState::Cancelled;
                     transition.outcome = Outcome::Cancelled;
-                    transition.reason = format!("cancelled; {} stopped renewing its lease", job.worker_id);
+                    transition.reason =
+                        format!("cancelled; {} stopped renewing its lease", job.worker_id);
                 }
                 Finish::End(state) => {
                     transition.to = state;
@@ -305,7 +328,11 @@ impl Farm {
                 JobState::Dead => {
                     let queue = self.broker.topology.dead_queue();
                     self.broker
-                        .publish(&queue, QueueKind::Plain, &Farm::queued(&after, &transition.reason))
+                        .publish(
+                            &queue,
+                            QueueKind::Plain,
+                            &Farm::queued(&after, &transition.reason),
+                        )
                         .await?;
                 }
                 _ => {}
@@ -336,11 +363,21 @@ impl Farm {
     pub(crate) async fn handle_returned(&self, message: &QueuedJob) -> Result<bool> {
         let job = self.job(&message.job_id).await?;
         if job.attempt != message.attempt
-            || !matches!(job.state, JobState::Submitted | JobState::Queued | JobState::Assigned)
+            || !matches!(
+                job.state,
+                JobState::Submitted | JobState::Queued | JobState::Assigned
+            )
         {
             return Ok(false);
         }
-        let reason = format!("given back by {}", if job.worker_id.is_empty() { "a worker" } else { &job.worker_id });
+        let reason = format!(
+            "given back by {}",
+            if job.worker_id.is_empty() {
+                "a worker"
+            } else {
+                &job.worker_id
+            }
+        );
         let job = if job.state == JobState::Assigned {
             let mut back = Transition::of(&job, JobState::Queued, reason.clone(), now_ms());
             back.worker_id = String::new();
@@ -382,16 +419,31 @@ impl Farm {
                 let platform = job.spec.platform_identifier.clone();
                 match job.state {
                     JobState::Submitted | JobState::Queued => {
-                        self.publish_to_platform(&job, "queued again after a master restart").await?;
+                        self.publish_to_platform(&job, "queued again after a master restart")
+                            .await?;
                         if job.state == JobState::Submitted {
-                            self.transition(&Transition::of(&job, JobState::Queued, "queued", now_ms())).await?;
+                            self.transition(&Transition::of(
+                                &job,
+                                JobState::Queued,
+                                "queued",
+                                now_ms(),
+                            ))
+                            .await?;
                         }
                     }
                     JobState::Assigned => {
-                        self.table.lock().expect("table lock").assign(&job.worker_id, &job.job_id, &platform);
+                        self.table.lock().expect("table lock").assign(
+                            &job.worker_id,
+                            &job.job_id,
+                            &platform,
+                        );
                     }
                     JobState::Running => {
-                        self.table.lock().expect("table lock").started(&job.worker_id, &job.job_id, &platform);
+                        self.table.lock().expect("table lock").started(
+                            &job.worker_id,
+                            &job.job_id,
+                            &platform,
+                        );
                     }
                     _ => {}
                 }
@@ -407,16 +459,40 @@ mod tests {
 
     #[test]
     fn package_faults_end_farm_faults_retry_until_the_limit() {
-        assert_eq!(finish(Outcome::Passed, 1, 3, false), Finish::End(JobState::Succeeded));
-        assert_eq!(finish(Outcome::InstallFailed, 1, 3, false), Finish::End(JobState::Failed));
-        assert_eq!(finish(Outcome::HarmfulBehaviour, 1, 3, false), Finish::End(JobState::Failed));
+        assert_eq!(
+            finish(Outcome::Passed, 1, 3, false),
+            Finish::End(JobState::Succeeded)
+        );
+        assert_eq!(
+            finish(Outcome::InstallFailed, 1, 3, false),
+            Finish::End(JobState::Failed)
+        );
+        assert_eq!(
+            finish(Outcome::HarmfulBehaviour, 1, 3, false),
+            Finish::End(JobState::Failed)
+        );
         assert_eq!(finish(Outcome::VmBootFailed, 1, 3, false), Finish::Retry);
-        assert_eq!(finish(Outcome::VmBootFailed, 3, 3, false), Finish::End(JobState::Failed));
+        assert_eq!(
+            finish(Outcome::VmBootFailed, 3, 3, false),
+            Finish::End(JobState::Failed)
+        );
         assert_eq!(finish(Outcome::Deadline, 2, 3, false), Finish::Retry);
-        assert_eq!(finish(Outcome::Deadline, 3, 3, false), Finish::End(JobState::TimedOut));
-        assert_eq!(finish(Outcome::Passed, 1, 3, true), Finish::End(JobState::Cancelled));
-        assert_eq!(finish(Outcome::Cancelled, 1, 3, false), Finish::End(JobState::Cancelled));
-        assert_eq!(finish(Outcome::Unspecified, 1, 3, false), Finish::End(JobState::Failed));
+        assert_eq!(
+            finish(Outcome::Deadline, 3, 3, false),
+            Finish::End(JobState::TimedOut)
+        );
+        assert_eq!(
+            finish(Outcome::Passed, 1, 3, true),
+            Finish::End(JobState::Cancelled)
+        );
+        assert_eq!(
+            finish(Outcome::Cancelled, 1, 3, false),
+            Finish::End(JobState::Cancelled)
+        );
+        assert_eq!(
+            finish(Outcome::Unspecified, 1, 3, false),
+            Finish::End(JobState::Failed)
+        );
     }
 
     #[test]

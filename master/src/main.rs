@@ -23,6 +23,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = MasterConfig::load(cli.config.as_deref())?;
     pyti::telemetry::init(cli.log_json || config.log_json);
+    // Installed before anything listens: opening the store and recovering jobs takes a
+    // moment, and a signal in that moment must still stop the master cleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "Shutting down");
+    };
     let (listener, addr) = pyti::grpc::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
@@ -31,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         pyti_master::Settings::from_config(&config),
         &config.database,
         listener,
-        pyti::grpc::shutdown_signal(),
+        shutdown,
     )
     .await?;
     tracing::info!("pyti-master stopped");

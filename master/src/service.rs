@@ -64,11 +64,8 @@ impl JobService for MasterService {
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let events = self.farm.watch(&request.get_ref().job_id).await?;
-        let stream = ReceiverStream::new(events).map(|event| {
-            Ok(proto::JobEvent {
-                event: Some(event),
-            })
-        });
+        let stream =
+            ReceiverStream::new(events).map(|event| Ok(proto::JobEvent { event: Some(event) }));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -87,7 +84,9 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::GetResultsRequest>,
     ) -> Result<Response<proto::JobResults>, Status> {
-        Ok(Response::new(self.farm.results(&request.get_ref().job_id).await?))
+        Ok(Response::new(
+            self.farm.results(&request.get_ref().job_id).await?,
+        ))
     }
 }
 
@@ -97,7 +96,9 @@ impl WorkerRegistry for MasterService {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        Ok(Response::new(self.farm.register(request.into_inner()).await?))
+        Ok(Response::new(
+            self.farm.register(request.into_inner()).await?,
+        ))
     }
 
     async fn start_job(
@@ -111,7 +112,9 @@ impl WorkerRegistry for MasterService {
         &self,
         request: Request<proto::RenewLeaseRequest>,
     ) -> Result<Response<proto::RenewLeaseResponse>, Status> {
-        Ok(Response::new(self.farm.renew_lease(request.get_ref()).await?))
+        Ok(Response::new(
+            self.farm.renew_lease(request.get_ref()).await?,
+        ))
     }
 
     async fn report_results(

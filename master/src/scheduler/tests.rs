@@ -80,9 +80,21 @@ fn pending_and_running_jobs_use_up_slots_even_when_reports_lag() {
     assert_eq!(t.choose(&linux), None);
     // Finished: the slot rolls back before the worker reports it ready again.
     t.forget("j1");
-    t.workers.get_mut("a").unwrap().platforms.get_mut("linux").unwrap().ready = 0;
+    t.workers
+        .get_mut("a")
+        .unwrap()
+        .platforms
+        .get_mut("linux")
+        .unwrap()
+        .ready = 0;
     assert_eq!(t.choose(&linux), None);
-    t.workers.get_mut("a").unwrap().platforms.get_mut("linux").unwrap().ready = 1;
+    t.workers
+        .get_mut("a")
+        .unwrap()
+        .platforms
+        .get_mut("linux")
+        .unwrap()
+        .ready = 1;
     assert_eq!(t.choose(&linux), Some("a"));
 }
 
@@ -96,21 +108,39 @@ fn disconnected_draining_and_broken_workers_get_nothing() {
     t.workers.get_mut("a").unwrap().draining = true;
     assert_eq!(t.choose(&linux), None);
     t.workers.get_mut("a").unwrap().draining = false;
-    let s = t.workers.get_mut("a").unwrap().platforms.get_mut("linux").unwrap();
+    let s = t
+        .workers
+        .get_mut("a")
+        .unwrap()
+        .platforms
+        .get_mut("linux")
+        .unwrap();
     s.broken = 2;
     assert_eq!(t.choose(&linux), None);
-    assert!(t.offers(&linux), "a broken worker still offers the platform");
+    assert!(
+        t.offers(&linux),
+        "a broken worker still offers the platform"
+    );
 }
 
 #[test]
 fn offers_lists_what_the_farm_has() {
     let t = table(vec![
         ("a", worker(&[("linux", slots(&["py3.11"], 1, 0))])),
-        ("b", worker(&[("linux", slots(&["py3.11", "x"], 1, 0)), ("bsd", slots(&[], 1, 1))])),
+        (
+            "b",
+            worker(&[
+                ("linux", slots(&["py3.11", "x"], 1, 0)),
+                ("bsd", slots(&[], 1, 1)),
+            ]),
+        ),
     ]);
     assert!(t.offers(&requirement("linux", &["py3.11", "x"])));
     assert!(!t.offers(&requirement("linux", &["py3.12"])));
-    assert_eq!(t.offer_list(), vec!["bsd[]", "linux[py3.11,x]", "linux[py3.11]"]);
+    assert_eq!(
+        t.offer_list(),
+        vec!["bsd[]", "linux[py3.11,x]", "linux[py3.11]"]
+    );
 }
 
 #[test]
@@ -129,7 +159,11 @@ fn plan_skips_what_does_not_fit_and_fills_the_rest() {
     let placed = t.plan(&requests);
     assert_eq!(
         placed,
-        vec![(1, "b".to_owned()), (2, "a".to_owned()), (3, "a".to_owned())]
+        vec![
+            (1, "b".to_owned()),
+            (2, "a".to_owned()),
+            (3, "a".to_owned())
+        ]
     );
     assert_eq!(t.workers["a"].pending.len(), 2);
 }
@@ -137,8 +171,8 @@ fn plan_skips_what_does_not_fit_and_fills_the_rest() {
 fn arb_table() -> impl Strategy<Value = CapacityTable> {
     let platform = prop::sample::select(vec!["p1", "p2"]);
     let variants = prop::collection::btree_set(prop::sample::select(vec!["x", "y", "z"]), 0..3);
-    let slot = (platform, variants, 0u32..4, 0u32..4, 0u32..2).prop_map(
-        |(p, v, total, ready, broken)| {
+    let slot =
+        (platform, variants, 0u32..4, 0u32..4, 0u32..2).prop_map(|(p, v, total, ready, broken)| {
             (
                 p.to_owned(),
                 PlatformSlots {
@@ -149,9 +183,13 @@ fn arb_table() -> impl Strategy<Value = CapacityTable> {
                     broken: broken.min(total),
                 },
             )
-        },
-    );
-    let entry = (prop::collection::vec(slot, 0..3), any::<bool>(), any::<bool>(), 0u64..5)
+        });
+    let entry = (
+        prop::collection::vec(slot, 0..3),
+        any::<bool>(),
+        any::<bool>(),
+        0u64..5,
+    )
         .prop_map(|(slots, connected, draining, last)| WorkerEntry {
             platforms: slots.into_iter().collect(),
             connected,

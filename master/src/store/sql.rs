@@ -136,10 +136,7 @@ impl SqliteStore {
         let schema = SCHEMA
             .replace("{SERIAL_KEY}", "INTEGER PRIMARY KEY AUTOINCREMENT")
             .replace("{BYTES}", "BLOB");
-        sqlx::raw_sql(&schema)
-            .execute(&pool)
-            .await
-            .map_err(fail)?;
+        sqlx::raw_sql(&schema).execute(&pool).await.map_err(fail)?;
         Ok(Self {
             pool,
             name: path.into(),
@@ -164,10 +161,7 @@ impl PostgresStore {
         let schema = SCHEMA
             .replace("{SERIAL_KEY}", "BIGSERIAL PRIMARY KEY")
             .replace("{BYTES}", "BYTEA");
-        sqlx::raw_sql(&schema)
-            .execute(&pool)
-            .await
-            .map_err(fail)?;
+        sqlx::raw_sql(&schema).execute(&pool).await.map_err(fail)?;
         Ok(Self {
             pool,
             name: url.into(),

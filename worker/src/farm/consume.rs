@@ -55,7 +55,10 @@ async fn put_back(delivery: &Delivery) {
 
 impl Farm {
     /// Registers now and every `register_interval`, publishing the assignment.
-    pub(super) async fn keep_registered(self: Arc<Self>, assignment: watch::Sender<Option<Assignment>>) {
+    pub(super) async fn keep_registered(
+        self: Arc<Self>,
+        assignment: watch::Sender<Option<Assignment>>,
+    ) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let capacity = proto::Capacity {
@@ -92,7 +95,9 @@ impl Farm {
                     assignment.send_if_modified(|current| {
                         let new = Some(Assignment {
                             queue: answer.queue_name.clone(),
-                            renew_every: Duration::from_secs(u64::from(answer.lease_renew_interval_s.max(1))),
+                            renew_every: Duration::from_secs(u64::from(
+                                answer.lease_renew_interval_s.max(1),
+                            )),
                         });
                         let changed = *current != new;
                         *current = new;
@@ -135,19 +140,30 @@ impl Farm {
                     _ = draining.changed() => continue,
                 }
             }
-            let connection = match Connection::connect(&self.settings.amqp_url, ConnectionProperties::default()).await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::warn!(%error, "Cannot reach RabbitMQ; retrying");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+            let connection =
+                match Connection::connect(&self.settings.amqp_url, ConnectionProperties::default())
+                    .await
+                {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot reach RabbitMQ; retrying");
+                        tokio::select! {
+                            () = self.shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let consumed = self.consume_on(&connection, &current, &runner, &mut assignment, &mut draining).await;
+                };
+            let consumed = self
+                .consume_on(
+                    &connection,
+                    &current,
+                    &runner,
+                    &mut assignment,
+                    &mut draining,
+                )
+                .await;
             let _ = connection.close(200, "stopping").await;
             match consumed {
                 Ok(()) => backoff = Duration::from_millis(100),
@@ -174,11 +190,19 @@ impl Farm {
         let channel = connection.create_channel().await?;
         let slots: u32 = self.settings.platforms.iter().map(|p| p.total).sum();
         channel
-            .basic_qos(u16::try_from(slots.max(1)).unwrap_or(u16::MAX), BasicQosOptions::default())
+            .basic_qos(
+                u16::try_from(slots.max(1)).unwrap_or(u16::MAX),
+                BasicQosOptions::default(),
+            )
             .await?;
         let tag = format!("pyti-worker-{}", self.settings.worker_id);
         let mut consumer = channel
-            .basic_consume(&current.queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                &current.queue,
+                &tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         tracing::info!(queue = %current.queue, "Taking jobs");
         loop {
@@ -199,31 +223,42 @@ impl Farm {
                     let farm = Arc::clone(self);
                     let runner = Arc::clone(runner);
                     let renew_every = current.renew_every;
-                    self.tasks.spawn(async move { farm.take(delivery, runner, renew_every).await });
+                    self.tasks
+                        .spawn(async move { farm.take(delivery, runner, renew_every).await });
                 }
                 Some(Err(error)) => return Err(error),
                 None => {
-                    return Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed));
+                    return Err(lapin::Error::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                    ));
                 }
             }
         }
     }
 
     /// One delivery: reserve a slot, have the master record RUNNING, ack, run, report.
-    async fn take<R: JobRunner>(self: Arc<Self>, delivery: Delivery, runner: Arc<R>, renew_every: Duration) {
+    async fn take<R: JobRunner>(
+        self: Arc<Self>,
+        delivery: Delivery,
+        runner: Arc<R>,
+        renew_every: Duration,
+    ) {
         let Ok(job) = QueuedJob::decode(delivery.data.as_slice()) else {
             tracing::error!("Giving back a message that is not a QueuedJob");
             give_back(&delivery).await;
             return;
         };
         let job_id = job.job_id.clone();
-        let reserved = self.handle.reserve(&job).and_then(|cancel| match runner.can_run(&job) {
-            Ok(()) => Ok(cancel),
-            Err(reason) => {
-                self.handle.release(&job_id);
-                Err(reason)
-            }
-        });
+        let reserved = self
+            .handle
+            .reserve(&job)
+            .and_then(|cancel| match runner.can_run(&job) {
+                Ok(()) => Ok(cancel),
+                Err(reason) => {
+                    self.handle.release(&job_id);
+                    Err(reason)
+                }
+            });
         let cancel = match reserved {
             Ok(cancel) => cancel,
             Err(reason) => {
@@ -245,7 +280,9 @@ impl Farm {
                     started = Some(answer.into_inner());
                     break;
                 }
-                Err(status) => tracing::warn!(%job_id, error = %status.message(), "StartJob failed"),
+                Err(status) => {
+                    tracing::warn!(%job_id, error = %status.message(), "StartJob failed")
+                }
             }
         }
         let Some(started) = started else {

@@ -155,7 +155,10 @@ impl FarmHandle {
     /// Ids of the jobs running here with their attempts.
     pub fn running_jobs(&self) -> Vec<(String, u32)> {
         let running = self.shared.running.lock().expect("running lock");
-        let mut jobs: Vec<(String, u32)> = running.iter().map(|(id, j)| (id.clone(), j.attempt)).collect();
+        let mut jobs: Vec<(String, u32)> = running
+            .iter()
+            .map(|(id, j)| (id.clone(), j.attempt))
+            .collect();
         jobs.sort();
         jobs
     }
@@ -168,10 +171,19 @@ impl FarmHandle {
             .platforms
             .iter()
             .map(|p| {
-                let busy = u32::try_from(running.values().filter(|j| j.platform == p.platform).count())
-                    .unwrap_or(u32::MAX);
+                let busy = u32::try_from(
+                    running
+                        .values()
+                        .filter(|j| j.platform == p.platform)
+                        .count(),
+                )
+                .unwrap_or(u32::MAX);
                 PlatformCapacity {
-                    ready: if draining { 0 } else { p.total.saturating_sub(busy) },
+                    ready: if draining {
+                        0
+                    } else {
+                        p.total.saturating_sub(busy)
+                    },
                     ..p.clone()
                 }
             })
@@ -196,12 +208,25 @@ impl FarmHandle {
         else {
             return Err(format!("no platform {}", spec.platform_identifier));
         };
-        if let Some(missing) = spec.platform_variants.iter().find(|v| !platform.variants.contains(v)) {
-            return Err(format!("platform {} lacks variant {missing}", platform.platform));
+        if let Some(missing) = spec
+            .platform_variants
+            .iter()
+            .find(|v| !platform.variants.contains(v))
+        {
+            return Err(format!(
+                "platform {} lacks variant {missing}",
+                platform.platform
+            ));
         }
-        let busy = running.values().filter(|j| j.platform == platform.platform).count();
+        let busy = running
+            .values()
+            .filter(|j| j.platform == platform.platform)
+            .count();
         if busy >= platform.total as usize {
-            return Err(format!("all {} VMs of {} are busy", platform.total, platform.platform));
+            return Err(format!(
+                "all {} VMs of {} are busy",
+                platform.total, platform.platform
+            ));
         }
         let cancel = CancellationToken::new();
         running.insert(
@@ -216,7 +241,11 @@ impl FarmHandle {
     }
 
     fn release(&self, job_id: &str) {
-        self.shared.running.lock().expect("running lock").remove(job_id);
+        self.shared
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(job_id);
     }
 
     fn draining_changes(&self) -> watch::Receiver<bool> {
@@ -252,10 +281,14 @@ pub async fn run<R: JobRunner>(
     });
     for path in spool::pending(&farm.settings.spool_dir)? {
         let farm = Arc::clone(&farm);
-        farm.tasks.clone().spawn(async move { farm.send_spooled(path).await });
+        farm.tasks
+            .clone()
+            .spawn(async move { farm.send_spooled(path).await });
     }
     let (queue_sender, queue) = watch::channel(None);
-    let registering = farm.tasks.spawn(Arc::clone(&farm).keep_registered(queue_sender));
+    let registering = farm
+        .tasks
+        .spawn(Arc::clone(&farm).keep_registered(queue_sender));
     Arc::clone(&farm).consume(queue, runner).await;
     registering.abort();
     farm.tasks.close();

@@ -15,7 +15,12 @@ use super::{spool, JobReport};
 const LOG_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The `ReportResults` stream for one attempt.
-pub fn results_messages(worker_id: &str, job_id: &str, attempt: u32, report: JobReport) -> Vec<ResultsMessage> {
+pub fn results_messages(
+    worker_id: &str,
+    job_id: &str,
+    attempt: u32,
+    report: JobReport,
+) -> Vec<ResultsMessage> {
     let wrap = |message| ResultsMessage {
         message: Some(message),
     };
@@ -56,7 +61,13 @@ pub fn results_messages(worker_id: &str, job_id: &str, attempt: u32, report: Job
 impl Farm {
     /// Renews the lease of a running job every `every` until aborted; fires `cancel`
     /// when the master says the job was cancelled or no longer runs here.
-    pub(super) async fn renew(self: Arc<Self>, job_id: String, attempt: u32, every: Duration, cancel: CancellationToken) {
+    pub(super) async fn renew(
+        self: Arc<Self>,
+        job_id: String,
+        attempt: u32,
+        every: Duration,
+        cancel: CancellationToken,
+    ) {
         let request = proto::RenewLeaseRequest {
             worker_id: self.settings.worker_id.clone(),
             job_id: job_id.clone(),
@@ -74,19 +85,27 @@ impl Farm {
                     return;
                 }
                 Ok(_) => {}
-                Err(status) => tracing::warn!(%job_id, error = %status.message(), "Lease renewal failed; retrying"),
+                Err(status) => {
+                    tracing::warn!(%job_id, error = %status.message(), "Lease renewal failed; retrying")
+                }
             }
         }
     }
 
     /// Writes the report to the spool; `None` (logged) if the disk refused, in which
     /// case the results are sent straight from memory once.
-    pub(super) async fn spool(&self, job_id: &str, attempt: u32, report: JobReport) -> Option<PathBuf> {
+    pub(super) async fn spool(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        report: JobReport,
+    ) -> Option<PathBuf> {
         let messages = results_messages(&self.settings.worker_id, job_id, attempt, report);
         let dir = self.settings.spool_dir.clone();
         let id = job_id.to_owned();
         let kept = messages.clone();
-        let written = tokio::task::spawn_blocking(move || spool::write(&dir, &id, attempt, &kept)).await;
+        let written =
+            tokio::task::spawn_blocking(move || spool::write(&dir, &id, attempt, &kept)).await;
         match written {
             Ok(Ok(path)) => Some(path),
             Ok(Err(error)) => {
@@ -101,7 +120,10 @@ impl Farm {
         }
     }
 
-    async fn send(&self, messages: Vec<ResultsMessage>) -> Result<proto::ResultsAck, tonic::Status> {
+    async fn send(
+        &self,
+        messages: Vec<ResultsMessage>,
+    ) -> Result<proto::ResultsAck, tonic::Status> {
         Ok(self
             .registry
             .clone()
@@ -128,17 +150,26 @@ impl Farm {
                 Ok(ack) if ack.stored => {
                     tracing::info!(job_id = %ack.job_id, attempt = ack.attempt, duplicate = ack.duplicate, "Results stored by the master");
                     let remove_path = path.clone();
-                    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || spool::remove(&remove_path)).await {
+                    if let Ok(Err(error)) =
+                        tokio::task::spawn_blocking(move || spool::remove(&remove_path)).await
+                    {
                         tracing::warn!(%error, "Stored results could not be removed from the spool");
                     }
                     return;
                 }
-                Ok(_) => tracing::warn!(path = %path.display(), "The master did not store the results; retrying"),
-                Err(status) if status.code() == tonic::Code::InvalidArgument || status.code() == tonic::Code::NotFound => {
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "The master did not store the results; retrying")
+                }
+                Err(status)
+                    if status.code() == tonic::Code::InvalidArgument
+                        || status.code() == tonic::Code::NotFound =>
+                {
                     tracing::error!(path = %path.display(), error = %status.message(), "The master refuses these results; left in the spool");
                     return;
                 }
-                Err(status) => tracing::warn!(path = %path.display(), error = %status.message(), "Results not delivered; retrying"),
+                Err(status) => {
+                    tracing::warn!(path = %path.display(), error = %status.message(), "Results not delivered; retrying")
+                }
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,

@@ -43,5 +43,9 @@ pub trait JobRunner: Send + Sync + 'static {
     /// Runs one attempt of `job` to the end and reports what it produced. When
     /// `cancel` fires (a user cancelled the job, or the master says it no longer runs
     /// here), stop the VM and return soon, with `Outcome::Cancelled`.
-    fn run(&self, job: QueuedJob, cancel: CancellationToken) -> impl Future<Output = JobReport> + Send;
+    fn run(
+        &self,
+        job: QueuedJob,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = JobReport> + Send;
 }

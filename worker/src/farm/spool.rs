@@ -27,7 +27,12 @@ fn file_name(job_id: &str, attempt: u32) -> String {
 }
 
 /// Writes `messages` for (`job_id`, `attempt`) under `dir`, durably.
-pub fn write(dir: &Path, job_id: &str, attempt: u32, messages: &[ResultsMessage]) -> Result<PathBuf, FarmError> {
+pub fn write(
+    dir: &Path,
+    job_id: &str,
+    attempt: u32,
+    messages: &[ResultsMessage],
+) -> Result<PathBuf, FarmError> {
     let io = |e| FarmError::Spool {
         path: dir.to_owned(),
         source: e,
@@ -63,10 +68,11 @@ pub fn read(path: &Path) -> Result<Spooled, FarmError> {
     let mut buffer = bytes.as_slice();
     let mut messages = Vec::new();
     while !buffer.is_empty() {
-        let message = ResultsMessage::decode_length_delimited(&mut buffer).map_err(|e| FarmError::Spool {
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
+        let message =
+            ResultsMessage::decode_length_delimited(&mut buffer).map_err(|e| FarmError::Spool {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
         messages.push(message);
     }
     Ok(Spooled {

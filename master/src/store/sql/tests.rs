@@ -7,7 +7,9 @@ pub(crate) async fn postgres_url() -> String {
     let base = std::env::var("PYTI_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&base).await.expect("PostgreSQL on 127.0.0.1:5432");
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
     sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
@@ -63,7 +65,13 @@ async fn exercise(store: Arc<dyn Store>) {
     let prefix = uuid::Uuid::now_v7().to_string();
     let id = |n: u32| format!("{prefix}-{n:03}");
     for n in 0..5 {
-        store.insert_job(&job(&id(n), if n % 2 == 0 { "even" } else { "odd" }), "submitted").await.unwrap();
+        store
+            .insert_job(
+                &job(&id(n), if n % 2 == 0 { "even" } else { "odd" }),
+                "submitted",
+            )
+            .await
+            .unwrap();
     }
     let got = store.get_job(&id(0)).await.unwrap().unwrap();
     assert_eq!(got.spec.platform_variants, vec!["python3.11"]);
@@ -82,44 +90,115 @@ async fn exercise(store: Arc<dyn Store>) {
     stale.from_attempt = Some(7);
     assert!(store.transition(&stale).await.unwrap().is_none());
     store.transition(&running).await.unwrap().unwrap();
-    assert!(store.renew_lease(&id(0), 1, "w2", 3000).await.unwrap().is_none());
-    let renewed = store.renew_lease(&id(0), 1, "w1", 3000).await.unwrap().unwrap();
+    assert!(store
+        .renew_lease(&id(0), 1, "w2", 3000)
+        .await
+        .unwrap()
+        .is_none());
+    let renewed = store
+        .renew_lease(&id(0), 1, "w1", 3000)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(renewed.lease_deadline_ms, Some(3000));
-    let lapsed: Vec<String> = store.lapsed_leases(3500).await.unwrap().into_iter().map(|j| j.job_id).collect();
+    let lapsed: Vec<String> = store
+        .lapsed_leases(3500)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
     assert!(lapsed.contains(&id(0)));
-    assert!(!store.lapsed_leases(2500).await.unwrap().iter().any(|j| j.job_id == id(0)));
+    assert!(!store
+        .lapsed_leases(2500)
+        .await
+        .unwrap()
+        .iter()
+        .any(|j| j.job_id == id(0)));
 
     // Results: stored once, a second copy is a duplicate, the job ends.
     let mut done = Transition::of(&renewed, JobState::Succeeded, "results stored", 5000);
     done.outcome = Outcome::Passed;
     done.lease_deadline_ms = None;
-    match store.store_results(&results(&id(0), 1), &done).await.unwrap() {
+    match store
+        .store_results(&results(&id(0), 1), &done)
+        .await
+        .unwrap()
+    {
         StoreOutcome::Stored(job) => {
             assert_eq!(job.state, JobState::Succeeded);
             assert_eq!(job.outcome, Outcome::Passed);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.store_results(&results(&id(0), 1), &done).await.unwrap(), StoreOutcome::Duplicate);
-    assert_eq!(store.store_results(&results(&id(0), 2), &done).await.unwrap(), StoreOutcome::Duplicate, "the job had ended");
+    assert_eq!(
+        store
+            .store_results(&results(&id(0), 1), &done)
+            .await
+            .unwrap(),
+        StoreOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .store_results(&results(&id(0), 2), &done)
+            .await
+            .unwrap(),
+        StoreOutcome::Duplicate,
+        "the job had ended"
+    );
     assert_eq!(store.count_results(&id(0)).await.unwrap(), 1);
     let stored = store.get_results(&id(0)).await.unwrap().unwrap();
     assert_eq!(stored, results(&id(0), 1));
     let history = store.get_job(&id(0)).await.unwrap().unwrap().history;
     let states: Vec<JobState> = history.iter().map(|h| h.state).collect();
-    assert_eq!(states, vec![JobState::Submitted, JobState::Queued, JobState::Running, JobState::Succeeded]);
+    assert_eq!(
+        states,
+        vec![
+            JobState::Submitted,
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded
+        ]
+    );
 
     // Listing: filters and pages, newest first.
-    let filter = JobFilter { project_name: "even".into(), limit: 2, ..Default::default() };
+    let filter = JobFilter {
+        project_name: "even".into(),
+        limit: 2,
+        ..Default::default()
+    };
     let page = store.list_jobs(&filter).await.unwrap();
-    assert_eq!(page.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(), vec![id(4), id(2)]);
-    let next = store.list_jobs(&JobFilter { before_job_id: Some(id(2)), ..filter.clone() }).await.unwrap();
-    assert_eq!(next.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(), vec![id(0)]);
-    let by_state = store
-        .list_jobs(&JobFilter { states: vec![JobState::Succeeded], worker_id: "w1".into(), limit: 10, ..Default::default() })
+    assert_eq!(
+        page.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+        vec![id(4), id(2)]
+    );
+    let next = store
+        .list_jobs(&JobFilter {
+            before_job_id: Some(id(2)),
+            ..filter.clone()
+        })
         .await
         .unwrap();
-    assert_eq!(by_state.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(), vec![id(0)]);
+    assert_eq!(
+        next.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+        vec![id(0)]
+    );
+    let by_state = store
+        .list_jobs(&JobFilter {
+            states: vec![JobState::Succeeded],
+            worker_id: "w1".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_state
+            .iter()
+            .map(|j| j.job_id.clone())
+            .collect::<Vec<_>>(),
+        vec![id(0)]
+    );
 
     let worker = WorkerRow {
         worker_id: format!("{prefix}-w"),
@@ -129,10 +208,24 @@ async fn exercise(store: Arc<dyn Store>) {
         last_seen_ms: 1,
     };
     store.upsert_worker(&worker).await.unwrap();
-    store.upsert_worker(&WorkerRow { capacity: vec![4], last_seen_ms: 9, registered_at_ms: 5, ..worker.clone() }).await.unwrap();
+    store
+        .upsert_worker(&WorkerRow {
+            capacity: vec![4],
+            last_seen_ms: 9,
+            registered_at_ms: 5,
+            ..worker.clone()
+        })
+        .await
+        .unwrap();
     let workers = store.workers().await.unwrap();
-    let w = workers.iter().find(|w| w.worker_id == worker.worker_id).unwrap();
-    assert_eq!((w.capacity.clone(), w.registered_at_ms, w.last_seen_ms), (vec![4], 1, 9));
+    let w = workers
+        .iter()
+        .find(|w| w.worker_id == worker.worker_id)
+        .unwrap();
+    assert_eq!(
+        (w.capacity.clone(), w.registered_at_ms, w.last_seen_ms),
+        (vec![4], 1, 9)
+    );
 }
 
 #[tokio::test]
@@ -143,7 +236,17 @@ async fn sqlite_store_keeps_jobs_results_and_workers() {
     exercise(store).await;
     // Reopening the file finds the tables and data.
     let again = open(path.to_str().unwrap()).await.unwrap();
-    assert_eq!(again.list_jobs(&JobFilter { limit: 100, ..Default::default() }).await.unwrap().len(), 5);
+    assert_eq!(
+        again
+            .list_jobs(&JobFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 #[tokio::test]
