@@ -196,7 +196,7 @@ pub fn worker_config(
     variants: &[&str],
 ) -> pyti_worker::config::WorkerConfig {
     let text = format!(
-        "[config]\nworker_id = {id}\npyti_slave_root = {}\nmaster = {master}\nqueue_prefix = {prefix}\nlisten = 127.0.0.1:0\n\n[platform {platform}]\nvms = {vms}\nvariants = {}\n",
+        "[config]\nworker_id = {id}\ntotal_vms = {vms}\npyti_slave_root = {}\nmaster = {master}\nqueue_prefix = {prefix}\nlisten = 127.0.0.1:0\n\n[platform {platform}]\nvms = {vms}\nvariants = {}\n",
         root.display(),
         variants.join(", ")
     );
