@@ -406,6 +406,16 @@ impl Broker {
         }
     }
 
+    /// Every queue this broker handle declared.
+    pub fn known_queue_names(&self) -> Vec<String> {
+        self.known_queues
+            .lock()
+            .expect("queue list lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Deletes every queue and the exchange of this prefix (tests clean up with it).
     pub async fn delete_topology(&self, extra_queues: &[String]) -> BrokerResult<()> {
         let session = self.session(Duration::from_secs(10)).await?;

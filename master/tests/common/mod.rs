@@ -95,21 +95,28 @@ impl Master {
             .unwrap()
     }
 
-    /// Stops the master and deletes its queues (`worker_ids` name the worker queues).
+    /// Stops the master, then deletes its queues (`worker_ids` name the worker queues)
+    /// once nothing can declare them again.
     pub async fn finish(self, worker_ids: &[&str]) {
-        let extra: Vec<String> = worker_ids
-            .iter()
-            .map(|w| self.farm.broker().topology.worker_queue(w))
-            .collect();
-        self.farm.broker().delete_topology(&extra).await.unwrap();
+        let known = self.farm.broker().known_queue_names();
+        let prefix = self.farm.broker().topology.prefix.clone();
         self.stop.cancel();
         let _ = self.server.await;
         self.farm.stopped().await;
+        delete_queues_named(&prefix, &known, worker_ids).await;
     }
 }
 
 /// Deletes the queues of `prefix` through a master-less broker handle.
 pub async fn delete_queues(prefix: &str, platforms: &[&str], worker_ids: &[&str]) {
+    let names: Vec<String> = platforms
+        .iter()
+        .map(|p| format!("{prefix}.platform.{p}"))
+        .collect();
+    delete_queues_named(prefix, &names, worker_ids).await;
+}
+
+async fn delete_queues_named(prefix: &str, names: &[String], worker_ids: &[&str]) {
     let stop = CancellationToken::new();
     let (broker, supervisor) = pyti_master::broker::Broker::start(
         AMQP,
@@ -123,7 +130,7 @@ pub async fn delete_queues(prefix: &str, platforms: &[&str], worker_ids: &[&str]
         .iter()
         .map(|w| broker.topology.worker_queue(w))
         .collect();
-    extra.extend(platforms.iter().map(|p| broker.topology.platform_queue(p)));
+    extra.extend(names.iter().cloned());
     broker.delete_topology(&extra).await.unwrap();
     stop.cancel();
     let _ = supervisor.await;
