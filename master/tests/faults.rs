@@ -539,7 +539,7 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
         Arc::clone(&runs),
     )
     .await;
-    let ended = wait_ended(&mut jobs, &[job.job_id.clone()], Duration::from_secs(30)).await;
+    let ended = wait_ended(&mut jobs, std::slice::from_ref(&job.job_id), Duration::from_secs(30)).await;
     assert_eq!(ended[&job.job_id].state(), JobState::Succeeded);
     let results = jobs
         .get_results(proto::GetResultsRequest {
@@ -623,7 +623,7 @@ async fn a_drained_worker_finishes_what_runs_and_takes_nothing_new() {
     let second = submit(&mut jobs, spec("after-drain", "1.0", PLATFORM, &[]), false)
         .await
         .unwrap();
-    let ended = wait_ended(&mut jobs, &[first.job_id.clone()], Duration::from_secs(30)).await;
+    let ended = wait_ended(&mut jobs, std::slice::from_ref(&first.job_id), Duration::from_secs(30)).await;
     assert_eq!(ended[&first.job_id].state(), JobState::Succeeded);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let waiting = jobs

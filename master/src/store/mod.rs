@@ -219,7 +219,7 @@ pub struct AttemptResults {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOutcome {
     /// Stored; the job after its transition.
-    Stored(JobRow),
+    Stored(Box<JobRow>),
     /// These results (or the job's final ones) were stored before: nothing changed.
     Duplicate,
 }

@@ -535,7 +535,7 @@ macro_rules! sql_store {
                 }
                 tx.commit().await.map_err(|e| self.fail(e))?;
                 match self.job_without_history(&results.job_id).await? {
-                    Some(job) => Ok(StoreOutcome::Stored(job)),
+                    Some(job) => Ok(StoreOutcome::Stored(Box::new(job))),
                     None => Ok(StoreOutcome::Duplicate),
                 }
             }

@@ -213,6 +213,8 @@ pub fn worker_config(
 
 impl Worker {
     /// Starts a worker for `platform` with `vms` slots offering `variants`.
+    // Every test states all of these; a builder would only hide them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         id: &str,
         root: &Path,

@@ -295,3 +295,78 @@ pub async fn run<R: JobRunner>(
     farm.tasks.wait().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, platform: &str, variants: &[&str]) -> QueuedJob {
+        QueuedJob {
+            job_id: id.to_owned(),
+            spec: Some(proto::JobSpec {
+                platform_identifier: platform.to_owned(),
+                platform_variants: variants.iter().map(|v| (*v).to_owned()).collect(),
+                ..Default::default()
+            }),
+            attempt: 1,
+            ..Default::default()
+        }
+    }
+
+    fn handle() -> FarmHandle {
+        FarmHandle::new(vec![PlatformCapacity {
+            platform: "linux".into(),
+            variants: vec!["py3.11".into()],
+            total: 2,
+            ready: 2,
+        }])
+    }
+
+    #[test]
+    fn slots_are_reserved_up_to_the_configured_vms() {
+        let farm = handle();
+        farm.reserve(&job("a", "linux", &[])).unwrap();
+        farm.reserve(&job("b", "linux", &["py3.11"])).unwrap();
+        assert_eq!(farm.capacity()[0].ready, 0);
+        let error = farm.reserve(&job("c", "linux", &[])).unwrap_err();
+        assert_eq!(error, "all 2 VMs of linux are busy");
+        assert_eq!(
+            farm.reserve(&job("a", "linux", &[])).unwrap_err(),
+            "already running here"
+        );
+        farm.release("a");
+        farm.reserve(&job("c", "linux", &[])).unwrap();
+        assert_eq!(
+            farm.running_jobs(),
+            vec![("b".to_owned(), 1), ("c".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn jobs_this_worker_cannot_run_are_refused_with_the_reason() {
+        let farm = handle();
+        assert_eq!(
+            farm.reserve(&job("a", "bsd", &[])).unwrap_err(),
+            "no platform bsd"
+        );
+        assert_eq!(
+            farm.reserve(&job("a", "linux", &["py3.12"])).unwrap_err(),
+            "platform linux lacks variant py3.12"
+        );
+        assert_eq!(farm.drain(), 0);
+        assert_eq!(
+            farm.reserve(&job("a", "linux", &[])).unwrap_err(),
+            "draining"
+        );
+        assert_eq!(farm.capacity()[0].ready, 0);
+    }
+
+    #[test]
+    fn cancel_reaches_a_running_job_only() {
+        let farm = handle();
+        let token = farm.reserve(&job("a", "linux", &[])).unwrap();
+        assert!(!farm.cancel("b"));
+        assert!(farm.cancel("a"));
+        assert!(token.is_cancelled());
+    }
+}
