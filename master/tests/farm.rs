@@ -377,7 +377,12 @@ async fn cancel_stops_a_running_job_through_its_worker() {
     })
     .await
     .unwrap();
-    let ended = wait_ended(&mut jobs, std::slice::from_ref(&job.job_id), Duration::from_secs(30)).await;
+    let ended = wait_ended(
+        &mut jobs,
+        std::slice::from_ref(&job.job_id),
+        Duration::from_secs(30),
+    )
+    .await;
     let ended = &ended[&job.job_id];
     assert_eq!(ended.state(), JobState::Cancelled);
     assert_eq!(ended.outcome(), Outcome::Cancelled);

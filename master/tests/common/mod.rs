@@ -356,3 +356,58 @@ pub async fn submit(
     .await
     .map(|r| r.into_inner().job.unwrap())
 }
+
+/// The body of a worker child process (see the fault tests): a worker configured from
+/// `PYTI_TEST_*` variables that runs until it is killed; does nothing without them.
+pub fn child_worker_process(platform: &str) {
+    if std::env::var_os("PYTI_TEST_CHILD_WORKER").is_none() {
+        return;
+    }
+    let var = |k: &str| std::env::var(k).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let worker = Worker::start(
+            &var("PYTI_TEST_WORKER_ID"),
+            std::path::Path::new(&var("PYTI_TEST_ROOT")),
+            &var("PYTI_TEST_MASTER"),
+            &var("PYTI_TEST_PREFIX"),
+            platform,
+            var("PYTI_TEST_VMS").parse().unwrap(),
+            &[],
+            Duration::from_millis(var("PYTI_TEST_RUN_MS").parse().unwrap()),
+            Arc::new(Mutex::new(Vec::new())),
+        )
+        .await;
+        std::future::pending::<()>().await;
+        drop(worker);
+    });
+}
+
+/// Runs a worker in a child process (the calling test binary again, whose
+/// `child_worker_process` test calls [`child_worker_process`]), so it can be killed -9.
+pub fn spawn_worker_process(
+    master: &str,
+    prefix: &str,
+    id: &str,
+    root: &Path,
+    vms: u32,
+    run_ms: u64,
+) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_worker_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PYTI_TEST_CHILD_WORKER", "1")
+        .env("PYTI_TEST_MASTER", master)
+        .env("PYTI_TEST_PREFIX", prefix)
+        .env("PYTI_TEST_WORKER_ID", id)
+        .env("PYTI_TEST_ROOT", root)
+        .env("PYTI_TEST_VMS", vms.to_string())
+        .env("PYTI_TEST_RUN_MS", run_ms.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

@@ -1,6 +1,7 @@
 //! The same checks against both stores: a SQLite file and a fresh PostgreSQL schema.
 
 use super::*;
+use pyti::proto::{Outcome, TaskStatus};
 
 /// A PostgreSQL URL whose connections use a new, empty schema.
 pub(crate) async fn postgres_url() -> String {
