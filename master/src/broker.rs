@@ -127,9 +127,12 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether the connection is still up.
+    /// Whether the connection and both channels are still up (RabbitMQ closes the
+    /// consuming channel when a delivery is held past its consumer timeout).
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected() && self.publish.status().connected()
+        self.connection.status().connected()
+            && self.publish.status().connected()
+            && self.consume.status().connected()
     }
 }
 

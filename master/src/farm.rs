@@ -133,7 +133,8 @@ impl Farm {
                 .build()
                 .map_err(|e| Error::BadRequest(format!("HTTP client: {e}")))?,
         });
-        farm.recover().await?;
+        let waiting = farm.recover().await?;
+        farm.tasks.spawn(Arc::clone(&farm).requeue_waiting(waiting));
         let (deliveries, incoming) = mpsc::channel(1024);
         farm.tasks
             .spawn(Arc::clone(&farm).consume_queues(deliveries));

@@ -395,12 +395,14 @@ impl Farm {
     }
 
     /// After a start: rebuilds the capacity table from registered workers and live
-    /// jobs, and queues again every job the store has as waiting (a crash may have
-    /// come between storing and publishing; duplicates are dropped later).
-    pub(crate) async fn recover(self: &Arc<Self>) -> Result<()> {
+    /// jobs, and returns the jobs the store has as waiting: they are queued again (a
+    /// crash may have come between storing and publishing; duplicates are dropped
+    /// later) by [`Farm::requeue_waiting`].
+    pub(crate) async fn recover(self: &Arc<Self>) -> Result<Vec<JobRow>> {
         for worker in self.store.workers().await? {
             self.restore_worker(&worker);
         }
+        let mut waiting = Vec::new();
         let mut before = None;
         loop {
             let page = self
@@ -418,19 +420,7 @@ impl Farm {
                 self.want_platform(&job.spec.platform_identifier);
                 let platform = job.spec.platform_identifier.clone();
                 match job.state {
-                    JobState::Submitted | JobState::Queued => {
-                        self.publish_to_platform(&job, "queued again after a master restart")
-                            .await?;
-                        if job.state == JobState::Submitted {
-                            self.transition(&Transition::of(
-                                &job,
-                                JobState::Queued,
-                                "queued",
-                                now_ms(),
-                            ))
-                            .await?;
-                        }
-                    }
+                    JobState::Submitted | JobState::Queued => waiting.push(job),
                     JobState::Assigned => {
                         self.table.lock().expect("table lock").assign(
                             &job.worker_id,
@@ -449,7 +439,35 @@ impl Farm {
                 }
             }
         }
-        Ok(())
+        Ok(waiting)
+    }
+
+    /// Publishes `waiting` jobs to their platform queues, retrying while RabbitMQ is
+    /// away, until done or shutdown.
+    pub(crate) async fn requeue_waiting(self: Arc<Self>, waiting: Vec<JobRow>) {
+        for job in waiting {
+            loop {
+                let published = self
+                    .publish_to_platform(&job, "queued again after a master restart")
+                    .await;
+                match published {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(job_id = %job.job_id, %error, "Cannot queue a waiting job again; retrying");
+                        tokio::select! {
+                            () = self.shutdown.cancelled() => return,
+                            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        }
+                    }
+                }
+            }
+            if job.state == JobState::Submitted {
+                let queued = Transition::of(&job, JobState::Queued, "queued", now_ms());
+                if let Err(error) = self.transition(&queued).await {
+                    tracing::warn!(job_id = %job.job_id, %error, "Queued job not recorded as such");
+                }
+            }
+        }
     }
 }
 
