@@ -224,6 +224,7 @@ impl Farm {
             .collect();
         let placed = {
             let mut table = self.table.lock().expect("table lock");
+            table.now_ms = now_ms();
             let placed = table.plan(&requests);
             if placed.is_empty() {
                 tracing::debug!(waiting = requests.len(), table = ?table, "Nothing placeable");

@@ -16,6 +16,9 @@ use crate::store::{
     AttemptResults, JobFilter, JobRow, Millis, StoreOutcome, Transition, LIVE_STATES,
 };
 
+/// How long a worker that gave a job back gets no job of that platform.
+pub const GIVE_BACK_PAUSE_MS: Millis = 5_000;
+
 /// What becomes of a job whose attempt ended with `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -370,12 +373,13 @@ impl Farm {
         {
             return Ok(false);
         }
+        let given_by = job.worker_id.clone();
         let reason = format!(
             "given back by {}",
-            if job.worker_id.is_empty() {
+            if given_by.is_empty() {
                 "a worker"
             } else {
-                &job.worker_id
+                &given_by
             }
         );
         let job = if job.state == JobState::Assigned {
@@ -388,7 +392,17 @@ impl Farm {
         } else {
             job
         };
-        self.table.lock().expect("table lock").forget(&job.job_id);
+        {
+            let mut table = self.table.lock().expect("table lock");
+            table.forget(&job.job_id);
+            if !given_by.is_empty() {
+                table.pause(
+                    &given_by,
+                    &job.spec.platform_identifier,
+                    now_ms() + GIVE_BACK_PAUSE_MS,
+                );
+            }
+        }
         self.publish_to_platform(&job, &reason).await?;
         self.wake_dispatcher.notify_one();
         Ok(true)

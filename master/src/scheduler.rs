@@ -42,6 +42,10 @@ pub struct WorkerEntry {
     pub running: BTreeMap<String, String>,
     /// Logical time of the last assignment (0 = never), for least-recently-used.
     pub last_assigned: u64,
+    /// Platforms this worker gave a job back for, and until when (ms since the epoch)
+    /// it gets no job of them: without the pause, a worker that keeps refusing (its
+    /// VMs broke) while still being the best fit would get the same job forever.
+    pub paused_until_ms: BTreeMap<String, i64>,
 }
 
 impl WorkerEntry {
@@ -93,6 +97,9 @@ pub struct CapacityTable {
     pub workers: BTreeMap<String, WorkerEntry>,
     /// Logical clock for `last_assigned`.
     pub clock: u64,
+    /// The time decisions are made at (ms since the epoch), for pauses; set by the
+    /// caller before deciding.
+    pub now_ms: i64,
 }
 
 impl CapacityTable {
@@ -104,7 +111,12 @@ impl CapacityTable {
             .iter()
             .filter_map(|(id, entry)| {
                 let slots = entry.platforms.get(&requirement.platform)?;
-                if !requirement.variants.is_subset(&slots.variants)
+                let paused = entry
+                    .paused_until_ms
+                    .get(&requirement.platform)
+                    .is_some_and(|until| *until > self.now_ms);
+                if paused
+                    || !requirement.variants.is_subset(&slots.variants)
                     || entry.free_slots(&requirement.platform) == 0
                 {
                     return None;
@@ -133,6 +145,13 @@ impl CapacityTable {
             .or_default()
             .running
             .insert(job_id.to_owned(), platform.to_owned());
+    }
+
+    /// `worker_id` gave a job of `platform` back: it gets none of them until `until_ms`.
+    pub fn pause(&mut self, worker_id: &str, platform: &str, until_ms: i64) {
+        if let Some(entry) = self.workers.get_mut(worker_id) {
+            entry.paused_until_ms.insert(platform.to_owned(), until_ms);
+        }
     }
 
     /// Undoes an assignment that did not happen (publishing failed, the job moved on).

@@ -239,3 +239,110 @@ async fn a_drained_worker_finishes_what_runs_and_takes_nothing_new() {
     worker.stop().await;
     master.finish(&[&id]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_given_back_runs_on_another_worker() {
+    let prefix = common::prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("master.sqlite");
+    let master = Master::start(
+        common::settings(&prefix, Duration::from_secs(10), 3),
+        database.to_str().unwrap(),
+    )
+    .await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (broken_id, sound_id) = (format!("broken-{suffix}"), format!("sound-{suffix}"));
+    let runs: Runs = Arc::new(Mutex::new(Vec::new()));
+    // The broken worker offers the variant the job needs best (no excess), so the
+    // scheduler tries it first.
+    let broken = Worker::launch(
+        &broken_id,
+        &dir.path().join("b"),
+        &master.address,
+        &prefix,
+        PLATFORM,
+        2,
+        &["python3.11"],
+        Duration::ZERO,
+        Arc::clone(&runs),
+        true,
+    )
+    .await;
+    let mut jobs = master.jobs().await;
+    let registry = master.registry().await;
+    common::wait_until(
+        "the broken worker connected",
+        Duration::from_secs(20),
+        || {
+            let mut registry = registry.clone();
+            async move {
+                registry
+                    .list_workers(proto::ListWorkersRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .workers
+                    .iter()
+                    .any(|w| w.connected)
+            }
+        },
+    )
+    .await;
+    let job = submit(
+        &mut jobs,
+        spec("bounced", "1.0", PLATFORM, &["python3.11"]),
+        false,
+    )
+    .await
+    .unwrap();
+    common::wait_until("the job given back", Duration::from_secs(20), || {
+        let mut jobs = jobs.clone();
+        let id = job.job_id.clone();
+        async move {
+            let job = jobs
+                .get_job(proto::GetJobRequest { job_id: id })
+                .await
+                .unwrap()
+                .into_inner();
+            job.history
+                .iter()
+                .any(|h| h.reason.starts_with("given back by"))
+        }
+    })
+    .await;
+    let sound = Worker::start(
+        &sound_id,
+        &dir.path().join("s"),
+        &master.address,
+        &prefix,
+        PLATFORM,
+        1,
+        &["python3.11", "extra"],
+        Duration::from_millis(100),
+        Arc::clone(&runs),
+    )
+    .await;
+    let ended = wait_ended(
+        &mut jobs,
+        std::slice::from_ref(&job.job_id),
+        Duration::from_secs(60),
+    )
+    .await;
+    let ended = &ended[&job.job_id];
+    assert_eq!(ended.state(), JobState::Succeeded);
+    assert_eq!(ended.worker_id, sound_id);
+    assert_eq!(ended.attempt, 1, "giving a job back is not an attempt");
+    assert_eq!(
+        master
+            .farm
+            .store()
+            .count_results(&job.job_id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(runs.lock().unwrap().len(), 1);
+    broken.stop().await;
+    sound.stop().await;
+    master.finish(&[&broken_id, &sound_id]).await;
+}

@@ -36,6 +36,7 @@ fn table(workers: Vec<(&str, WorkerEntry)>) -> CapacityTable {
             .map(|(id, w)| (id.to_owned(), w))
             .collect(),
         clock: 0,
+        now_ms: 1_000,
     }
 }
 
@@ -124,6 +125,29 @@ fn disconnected_draining_and_broken_workers_get_nothing() {
 }
 
 #[test]
+fn a_worker_that_gave_a_job_back_is_paused_for_that_platform() {
+    let mut t = table(vec![
+        (
+            "exact",
+            worker(&[("linux", slots(&["x"], 2, 2)), ("bsd", slots(&[], 1, 1))]),
+        ),
+        ("wider", worker(&[("linux", slots(&["x", "y"], 2, 2))])),
+    ]);
+    let linux = requirement("linux", &["x"]);
+    assert_eq!(t.choose(&linux), Some("exact"));
+    t.pause("exact", "linux", 6_000);
+    assert_eq!(t.choose(&linux), Some("wider"));
+    assert_eq!(
+        t.choose(&requirement("bsd", &[])),
+        Some("exact"),
+        "other platforms still run"
+    );
+    t.now_ms = 6_000;
+    assert_eq!(t.choose(&linux), Some("exact"), "the pause is over");
+    t.pause("nobody", "linux", 9_000);
+}
+
+#[test]
 fn offers_lists_what_the_farm_has() {
     let t = table(vec![
         ("a", worker(&[("linux", slots(&["py3.11"], 1, 0))])),
@@ -204,6 +228,7 @@ fn arb_table() -> impl Strategy<Value = CapacityTable> {
             .map(|(i, e)| (format!("w{i}"), e))
             .collect(),
         clock: 10,
+        now_ms: 0,
     })
 }
 

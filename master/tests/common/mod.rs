@@ -139,14 +139,24 @@ async fn delete_queues_named(prefix: &str, names: &[String], worker_ids: &[&str]
 /// What the test runner did: (worker, job, attempt) per run.
 pub type Runs = Arc<Mutex<Vec<(String, String, u32)>>>;
 
-/// A runner that "runs" a job by waiting `duration` (or until cancelled).
+/// A runner that "runs" a job by waiting `duration` (or until cancelled), or refuses
+/// every job (as a worker whose VMs all broke would).
 pub struct TestRunner {
     pub worker_id: String,
     pub duration: Duration,
     pub runs: Runs,
+    pub refuse: bool,
 }
 
 impl JobRunner for TestRunner {
+    fn can_run(&self, _job: &QueuedJob) -> Result<(), String> {
+        if self.refuse {
+            Err("every VM of this test worker is broken".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+
     async fn run(&self, job: QueuedJob, cancel: CancellationToken) -> JobReport {
         self.runs
             .lock()
@@ -226,6 +236,26 @@ impl Worker {
         duration: Duration,
         runs: Runs,
     ) -> Self {
+        Self::launch(
+            id, root, master, prefix, platform, vms, variants, duration, runs, false,
+        )
+        .await
+    }
+
+    /// Like `start`; with `refuse`, the worker gives back every job it is handed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn launch(
+        id: &str,
+        root: &Path,
+        master: &str,
+        prefix: &str,
+        platform: &str,
+        vms: u32,
+        variants: &[&str],
+        duration: Duration,
+        runs: Runs,
+        refuse: bool,
+    ) -> Self {
         let config = worker_config(id, root, master, prefix, platform, vms, variants);
         let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
         let mut settings = FarmSettings::from_config(&config);
@@ -245,6 +275,7 @@ impl Worker {
             worker_id: id.to_owned(),
             duration,
             runs,
+            refuse,
         });
         let farm = tokio::spawn(pyti_worker::farm::run(
             settings,
