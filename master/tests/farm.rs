@@ -216,6 +216,55 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
         assert_eq!(master.farm.store().count_results(id).await.unwrap(), 1);
     }
 
+    // A second copy of stored results is acknowledged as a duplicate and changes nothing.
+    use proto::results_message::Message as M;
+    let copy = vec![
+        proto::ResultsMessage {
+            message: Some(M::Header(proto::ResultsHeader {
+                job_id: new_ids[0].clone(),
+                attempt: 1,
+                worker_id: rich_id.clone(),
+                ..Default::default()
+            })),
+        },
+        proto::ResultsMessage {
+            message: Some(M::Final(proto::FinalRecord {
+                outcome: Outcome::InstallFailed as i32,
+                ..Default::default()
+            })),
+        },
+    ];
+    let ack = registry
+        .clone()
+        .report_results(tokio_stream::iter(copy.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.stored && ack.duplicate, "{ack:?}");
+    assert_eq!(
+        master
+            .farm
+            .store()
+            .count_results(&new_ids[0])
+            .await
+            .unwrap(),
+        1
+    );
+    let kept = jobs
+        .get_job(proto::GetJobRequest {
+            job_id: new_ids[0].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.outcome(), Outcome::Passed);
+    let headless = registry
+        .clone()
+        .report_results(tokio_stream::iter(copy[1..].to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(headless.code(), tonic::Code::InvalidArgument);
+
     // Listing: filters and pages.
     let page = jobs
         .list_jobs(proto::ListJobsRequest {
