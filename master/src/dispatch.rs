@@ -68,6 +68,20 @@ impl Farm {
                     Err(_) => return,
                 },
             };
+            if session.generation > 1 {
+                // A publish that failed while the broker was away (a lapsed lease, a
+                // retry, a given-back job) left its job waiting with no message: queue
+                // every waiting job again; the copies that were not lost are dropped as
+                // duplicates when they are placed.
+                match self.waiting_jobs().await {
+                    Ok(waiting) => {
+                        self.tasks.spawn(Arc::clone(&self).requeue_waiting(waiting));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot list waiting jobs to queue them again")
+                    }
+                }
+            }
             let mut consuming = BTreeSet::new();
             loop {
                 let mut wanted = vec![(self.broker.topology.returned_queue(), true)];

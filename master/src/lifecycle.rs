@@ -456,13 +456,34 @@ impl Farm {
         Ok(waiting)
     }
 
+    /// Every job the store has as waiting for a queue (SUBMITTED or QUEUED).
+    pub(crate) async fn waiting_jobs(&self) -> Result<Vec<JobRow>> {
+        let mut waiting = Vec::new();
+        let mut before = None;
+        loop {
+            let page = self
+                .store
+                .list_jobs(&JobFilter {
+                    states: vec![JobState::Submitted, JobState::Queued],
+                    limit: 1000,
+                    before_job_id: before.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.job_id.clone());
+            waiting.extend(page);
+        }
+        Ok(waiting)
+    }
+
     /// Publishes `waiting` jobs to their platform queues, retrying while RabbitMQ is
     /// away, until done or shutdown.
     pub(crate) async fn requeue_waiting(self: Arc<Self>, waiting: Vec<JobRow>) {
         for job in waiting {
             loop {
                 let published = self
-                    .publish_to_platform(&job, "queued again after a master restart")
+                    .publish_to_platform(&job, "queued again after a restart")
                     .await;
                 match published {
                     Ok(()) => break,
