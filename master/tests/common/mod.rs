@@ -56,7 +56,27 @@ pub struct Master {
     pub farm: Arc<Farm>,
     pub address: String,
     stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Master {
+    /// A test that panicked still deletes its queues (from a thread of its own, as the
+    /// test's runtime is going away).
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        self.stop.cancel();
+        server.abort();
+        let prefix = self.farm.broker().topology.prefix.clone();
+        let known = self.farm.broker().known_queue_names();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(delete_queues_named(&prefix, &known, &[]));
+        })
+        .join();
+    }
 }
 
 impl Master {
@@ -79,7 +99,7 @@ impl Master {
             farm,
             address: format!("http://{addr}"),
             stop,
-            server,
+            server: Some(server),
         }
     }
 
@@ -97,11 +117,13 @@ impl Master {
 
     /// Stops the master, then deletes its queues (`worker_ids` name the worker queues)
     /// once nothing can declare them again.
-    pub async fn finish(self, worker_ids: &[&str]) {
+    pub async fn finish(mut self, worker_ids: &[&str]) {
         let known = self.farm.broker().known_queue_names();
         let prefix = self.farm.broker().topology.prefix.clone();
         self.stop.cancel();
-        let _ = self.server.await;
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
         self.farm.stopped().await;
         delete_queues_named(&prefix, &known, worker_ids).await;
     }
