@@ -39,7 +39,15 @@ pub struct Settings {
     pub index_url: String,
     /// How often lapsed leases are looked for.
     pub reap_interval: Duration,
+    /// How long a job may wait unconsumed in a worker's queue before it goes back to
+    /// the returned queue (a worker that died never takes it). A queue argument, so it
+    /// must not change while the farm's queues exist: it is a constant, not derived
+    /// from the lease.
+    pub worker_queue_ttl: Duration,
 }
+
+/// Default of [`Settings::worker_queue_ttl`].
+pub const WORKER_QUEUE_TTL: Duration = Duration::from_secs(300);
 
 impl Settings {
     /// The settings a master configuration gives.
@@ -52,6 +60,7 @@ impl Settings {
             max_attempts: config.max_attempts,
             index_url: config.index_url.clone(),
             reap_interval: (lease / 4).max(Duration::from_millis(250)),
+            worker_queue_ttl: WORKER_QUEUE_TTL,
         }
     }
 }
@@ -107,7 +116,8 @@ impl Farm {
     ) -> Result<Arc<Self>> {
         let topology = Topology {
             prefix: settings.queue_prefix.clone(),
-            worker_queue_ttl_ms: u32::try_from(settings.lease.as_millis() * 2).unwrap_or(u32::MAX),
+            worker_queue_ttl_ms: u32::try_from(settings.worker_queue_ttl.as_millis())
+                .unwrap_or(u32::MAX),
         };
         let tasks = TaskTracker::new();
         let (broker, supervisor) = Broker::start(&settings.amqp_url, topology, shutdown.clone());

@@ -48,6 +48,7 @@ pub fn settings(prefix: &str, lease: Duration, max_attempts: u32) -> Settings {
         max_attempts,
         index_url: "https://pypi.org/simple".to_owned(),
         reap_interval: Duration::from_millis(200),
+        worker_queue_ttl: Duration::from_secs(5),
     }
 }
 
