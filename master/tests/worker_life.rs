@@ -346,3 +346,125 @@ async fn a_job_given_back_runs_on_another_worker() {
     sound.stop().await;
     master.finish(&[&broken_id, &sound_id]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_left_in_a_silent_worker_s_queue_expires_and_runs_elsewhere() {
+    let prefix = common::prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("master.sqlite");
+    let master = Master::start(
+        common::settings(&prefix, Duration::from_secs(10), 3),
+        database.to_str().unwrap(),
+    )
+    .await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (silent_id, live_id) = (format!("silent-{suffix}"), format!("live-{suffix}"));
+    // A worker whose control plane answers but which never consumes its queue.
+    let config = common::worker_config(
+        &silent_id,
+        &dir.path().join("s"),
+        &master.address,
+        &prefix,
+        PLATFORM,
+        1,
+        &["python3.11"],
+    );
+    let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let control = pyti_worker::control::ControlService::new(Arc::new(config));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(pyti_worker::control::serve(
+        control,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let mut registry = master.registry().await;
+    registry
+        .register(proto::RegisterRequest {
+            worker_id: silent_id.clone(),
+            control_address: format!("http://{addr}"),
+            capacity: Some(proto::Capacity {
+                worker_id: silent_id.clone(),
+                platforms: vec![proto::PlatformCapacity {
+                    platform: PLATFORM.into(),
+                    variants: vec!["python3.11".into()],
+                    total: 1,
+                    ready: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut jobs = master.jobs().await;
+    let job = submit(
+        &mut jobs,
+        spec("forgotten", "1.0", PLATFORM, &["python3.11"]),
+        false,
+    )
+    .await
+    .unwrap();
+    common::wait_until(
+        "the job assigned to the silent worker",
+        Duration::from_secs(20),
+        || {
+            let mut jobs = jobs.clone();
+            let id = job.job_id.clone();
+            let silent = silent_id.clone();
+            async move {
+                let job = jobs
+                    .get_job(proto::GetJobRequest { job_id: id })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                job.state() == JobState::Assigned && job.worker_id == silent
+            }
+        },
+    )
+    .await;
+    let runs: Runs = Arc::new(Mutex::new(Vec::new()));
+    let live = Worker::start(
+        &live_id,
+        &dir.path().join("l"),
+        &master.address,
+        &prefix,
+        PLATFORM,
+        1,
+        &["python3.11", "more"],
+        Duration::from_millis(100),
+        Arc::clone(&runs),
+    )
+    .await;
+    // The queue's message TTL (5 s in tests) sends it back; the master places it again.
+    let ended = wait_ended(
+        &mut jobs,
+        std::slice::from_ref(&job.job_id),
+        Duration::from_secs(60),
+    )
+    .await;
+    let ended = &ended[&job.job_id];
+    assert_eq!(ended.state(), JobState::Succeeded);
+    assert_eq!(ended.worker_id, live_id);
+    assert!(
+        ended
+            .history
+            .iter()
+            .any(|h| h.reason == format!("given back by {silent_id}")),
+        "{:#?}",
+        ended.history
+    );
+    assert_eq!(
+        master
+            .farm
+            .store()
+            .count_results(&job.job_id)
+            .await
+            .unwrap(),
+        1
+    );
+    live.stop().await;
+    stop.cancel();
+    let _ = server.await;
+    master.finish(&[&silent_id, &live_id]).await;
+}
