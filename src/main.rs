@@ -50,15 +50,54 @@ enum Command {
         /// Queue the job even if no registered worker offers its platform and variants.
         #[arg(long)]
         queue_anyway: bool,
+        /// Then follow it like `pyti watch` until it ends.
+        #[arg(long)]
+        watch: bool,
     },
-    /// List jobs.
+    /// Follow a job live: every state change and task result until it ends (exit 0 when
+    /// it succeeded, 1 otherwise).
+    Watch {
+        /// The job id `pyti submit` printed.
+        job_id: String,
+    },
+    /// Show a job's results: a table of tasks, or the whole results as JSON.
+    Results {
+        /// The job id.
+        job_id: String,
+        /// Print JSON (the job, its task results and the results dict) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
     Jobs {
         /// Only jobs of this project.
         #[arg(long)]
         project: Option<String>,
+        /// Only jobs in this state (repeatable): queued, running, succeeded, failed, ...
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// Only jobs assigned to or run by this worker.
+        #[arg(long)]
+        worker: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Continue a listing from the token a previous one printed.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Cancel a job: a waiting one at once, a running one by stopping its VM.
+    Cancel {
+        /// The job id.
+        job_id: String,
+        /// Why, recorded in the job's history.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Ask a worker to stop taking jobs; it finishes what runs.
+    Drain {
+        /// The worker's id (see `pyti workers`).
+        worker_id: String,
     },
     /// List workers and their VM capacity.
     Workers,
@@ -86,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             platform,
             variants,
             queue_anyway,
+            watch,
         } => {
             let spec = if Path::new(&job).is_file() || job.ends_with(".json") || job == "-" {
                 read_job(Path::new(&job))?
@@ -104,18 +144,80 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner();
             let job = response.job.context("the master answered without a job")?;
-            println!("{}  {}", job.job_id, state_name(job.state));
+            let version = if job.resolved_version.is_empty() {
+                String::new()
+            } else {
+                format!("  (latest version: {})", job.resolved_version)
+            };
+            println!("{}  {}{version}", job.job_id, state_name(job.state));
+            if watch {
+                return watch_job(&mut client, &job.job_id).await;
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs { project, limit } => {
-            let mut client = JobServiceClient::connect(cli.master.clone())
+        Command::Watch { job_id } => {
+            let mut client = jobs_client(&cli.master).await?;
+            watch_job(&mut client, &job_id).await
+        }
+        Command::Results { job_id, json } => {
+            let mut client = jobs_client(&cli.master).await?;
+            let results = client
+                .get_results(proto::GetResultsRequest { job_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_results(&results, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { job_id, reason } => {
+            let mut client = jobs_client(&cli.master).await?;
+            let job = client
+                .cancel_job(proto::CancelJobRequest { job_id, reason })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .job
+                .context("the master answered without a job")?;
+            let what = if JobState::try_from(job.state) == Ok(JobState::Running) {
+                "cancel requested; its worker is stopping it"
+            } else {
+                state_name(job.state)
+            };
+            println!("{}  {what}", job.job_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain { worker_id } => {
+            let mut client = WorkerRegistryClient::connect(cli.master.clone())
                 .await
                 .with_context(|| format!("cannot reach the master at {}", cli.master))?;
+            client
+                .drain_worker(proto::DrainWorkerRequest {
+                    worker_id: worker_id.clone(),
+                })
+                .await
+                .map_err(status_error)?;
+            println!("{worker_id}  draining: takes no new jobs, finishes what runs");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs {
+            project,
+            states,
+            worker,
+            limit,
+            page_token,
+        } => {
+            let mut client = jobs_client(&cli.master).await?;
+            let states = states
+                .iter()
+                .map(|s| parse_state(s))
+                .collect::<anyhow::Result<Vec<i32>>>()?;
             let response = client
                 .list_jobs(proto::ListJobsRequest {
                     project_name: project.unwrap_or_default(),
+                    states,
+                    worker_id: worker.unwrap_or_default(),
                     page_size: limit,
-                    ..Default::default()
+                    page_token: page_token.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?
@@ -140,6 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     job.worker_id
                 );
             }
+            if !response.next_page_token.is_empty() {
+                println!("more: --page-token {}", response.next_page_token);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Workers => {
@@ -152,19 +257,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner();
             println!(
-                "{:<20}  {:<16}  {:>5}  {:>5}  {:>7}  {:>6}  VARIANTS",
-                "WORKER", "PLATFORM", "TOTAL", "READY", "RUNNING", "BROKEN"
+                "{:<20}  {:<12}  {:<16}  {:>5}  {:>5}  {:>7}  {:>6}  {:>8}  VARIANTS",
+                "WORKER", "STATUS", "PLATFORM", "TOTAL", "READY", "RUNNING", "BROKEN", "ASSIGNED"
             );
             for worker in response.workers {
-                for p in worker.capacity.unwrap_or_default().platforms {
+                let capacity = worker.capacity.unwrap_or_default();
+                let status = match (worker.connected, capacity.draining) {
+                    (false, _) => "disconnected",
+                    (true, true) => "draining",
+                    (true, false) => "connected",
+                };
+                for p in capacity.platforms {
                     println!(
-                        "{:<20}  {:<16}  {:>5}  {:>5}  {:>7}  {:>6}  {}",
+                        "{:<20}  {:<12}  {:<16}  {:>5}  {:>5}  {:>7}  {:>6}  {:>8}  {}",
                         worker.worker_id,
+                        status,
                         p.platform,
                         p.total,
                         p.ready,
                         p.running,
                         p.broken,
+                        worker.assigned_not_started,
                         p.variants.join(",")
                     );
                 }
@@ -172,6 +285,169 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn jobs_client(master: &str) -> anyhow::Result<JobServiceClient<tonic::transport::Channel>> {
+    JobServiceClient::connect(master.to_owned())
+        .await
+        .with_context(|| format!("cannot reach the master at {master}"))
+}
+
+/// Prints a job's events until it ends; exit 0 when it succeeded.
+async fn watch_job(
+    client: &mut JobServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+) -> anyhow::Result<ExitCode> {
+    use tokio_stream::StreamExt;
+    let mut events = client
+        .watch_job(proto::WatchJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut last_state = None;
+    let mut seen_history = 0;
+    while let Some(event) = events.next().await {
+        match event.map_err(status_error)?.event {
+            Some(proto::job_event::Event::Job(job)) => {
+                for change in job.history.iter().skip(seen_history) {
+                    println!(
+                        "{:<10}  attempt {}  {}",
+                        state_name(change.state),
+                        change.attempt,
+                        change.reason
+                    );
+                }
+                seen_history = seen_history.max(job.history.len());
+                if job.history.is_empty() && last_state != Some(job.state) {
+                    println!(
+                        "{:<10}  attempt {}  {}",
+                        state_name(job.state),
+                        job.attempt,
+                        job.worker_id
+                    );
+                }
+                last_state = Some(job.state);
+            }
+            Some(proto::job_event::Event::TaskResult(task)) => {
+                println!(
+                    "  task {:<10} {:<9} {:>7.1} s  {}",
+                    task.task,
+                    task_status_name(task.status),
+                    task.duration_s,
+                    task.summary
+                );
+            }
+            None => {}
+        }
+    }
+    Ok(if last_state == Some(JobState::Succeeded as i32) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_results(results: &proto::JobResults, json: bool) {
+    let job = results.job.clone().unwrap_or_default();
+    if json {
+        let tasks: Vec<serde_json::Value> = results
+            .tasks
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "task": t.task,
+                    "status": task_status_name(t.status),
+                    "duration_s": t.duration_s,
+                    "summary": t.summary,
+                    "log_name": t.log_name,
+                    "metrics": serde_json::from_str::<serde_json::Value>(&t.metrics_json)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect();
+        let document = serde_json::json!({
+            "job_id": job.job_id,
+            "state": state_name(job.state),
+            "attempt": job.attempt,
+            "worker_id": job.worker_id,
+            "resolved_version": job.resolved_version,
+            "tasks": tasks,
+            "logs": results.log_names,
+            "results": serde_json::from_str::<serde_json::Value>(&results.results_json)
+                .unwrap_or(serde_json::Value::Null),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).expect("JSON values serialise")
+        );
+        return;
+    }
+    println!(
+        "{}  {}  attempt {}  on {}",
+        job.job_id,
+        state_name(job.state),
+        job.attempt,
+        if job.worker_id.is_empty() {
+            "-"
+        } else {
+            &job.worker_id
+        }
+    );
+    if results.tasks.is_empty() {
+        println!("no results stored yet");
+        return;
+    }
+    println!("{:<12}  {:<9}  {:>9}  SUMMARY", "TASK", "STATUS", "SECONDS");
+    for task in &results.tasks {
+        println!(
+            "{:<12}  {:<9}  {:>9.1}  {}",
+            task.task,
+            task_status_name(task.status),
+            task.duration_s,
+            task.summary
+        );
+    }
+}
+
+fn task_status_name(status: i32) -> &'static str {
+    match proto::TaskStatus::try_from(status).unwrap_or(proto::TaskStatus::Unspecified) {
+        proto::TaskStatus::Unspecified => "unknown",
+        proto::TaskStatus::Passed => "passed",
+        proto::TaskStatus::Failed => "failed",
+        proto::TaskStatus::Error => "error",
+        proto::TaskStatus::Skipped => "skipped",
+        proto::TaskStatus::TimedOut => "timed-out",
+    }
+}
+
+fn parse_state(name: &str) -> anyhow::Result<i32> {
+    let states = [
+        JobState::Submitted,
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::TimedOut,
+        JobState::Cancelled,
+        JobState::Dead,
+    ];
+    states
+        .iter()
+        .find(|s| state_name(**s as i32) == name.to_ascii_lowercase())
+        .map(|s| *s as i32)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--state {name:?}: the states are {}",
+                states
+                    .iter()
+                    .map(|s| state_name(*s as i32))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 /// Prints the normalised job (exit 0) or every error found (exit 1).

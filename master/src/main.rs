@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use pyti_master::config::MasterConfig;
-use pyti_master::service::MasterService;
 
 /// Takes job requests, queues them in RabbitMQ and schedules them onto workers.
 #[derive(Debug, Parser)]
@@ -24,11 +23,29 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = MasterConfig::load(cli.config.as_deref())?;
     pyti::telemetry::init(cli.log_json || config.log_json);
+    // Installed before anything listens: opening the store and recovering jobs takes a
+    // moment, and a signal in that moment must still stop the master cleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "Shutting down");
+    };
     let (listener, addr) = pyti::grpc::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
     tracing::info!(%addr, database = %config.database, "pyti-master listening");
-    pyti_master::service::serve(MasterService, listener, pyti::grpc::shutdown_signal()).await?;
+    pyti_master::service::run(
+        pyti_master::Settings::from_config(&config),
+        &config.database,
+        listener,
+        shutdown,
+    )
+    .await?;
     tracing::info!("pyti-master stopped");
     Ok(())
 }

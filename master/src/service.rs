@@ -1,20 +1,27 @@
-//! The master's gRPC services. Job storage, queueing and scheduling are not built
-//! yet, so every call says so with UNIMPLEMENTED rather than pretending to work.
+//! The master's gRPC services: thin translations between the protocol and [`Farm`].
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use pyti::proto::{self, job_service_server::JobService, worker_registry_server::WorkerRegistry};
-use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-/// `JobService` and `WorkerRegistry` of the master.
-#[derive(Debug, Clone, Default)]
-pub struct MasterService;
+use crate::convert;
+use crate::farm::Farm;
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc}: this master does not store or schedule jobs yet; use pyti-vm-run to test a distribution on one machine"
-    ))
+/// `JobService` and `WorkerRegistry` of the master (cheap to clone).
+#[derive(Clone)]
+pub struct MasterService {
+    farm: Arc<Farm>,
+}
+
+impl MasterService {
+    /// The services over `farm`.
+    pub fn new(farm: Arc<Farm>) -> Self {
+        Self { farm }
+    }
 }
 
 type JobEvents = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
@@ -23,40 +30,63 @@ type JobEvents = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Se
 impl JobService for MasterService {
     async fn submit_job(
         &self,
-        _r: Request<proto::SubmitJobRequest>,
+        request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
-        Err(not_yet("SubmitJob"))
+        let job = self.farm.submit(request.into_inner()).await?;
+        Ok(Response::new(proto::SubmitJobResponse {
+            job: Some(convert::job(&job)),
+        }))
     }
+
     async fn get_job(
         &self,
-        _r: Request<proto::GetJobRequest>,
+        request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        Err(not_yet("GetJob"))
+        let job = self.farm.job(&request.get_ref().job_id).await?;
+        Ok(Response::new(convert::job(&job)))
     }
+
     async fn list_jobs(
         &self,
-        _r: Request<proto::ListJobsRequest>,
+        request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        Err(not_yet("ListJobs"))
+        let (jobs, next_page_token) = self.farm.list(request.get_ref()).await?;
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job).collect(),
+            next_page_token,
+        }))
     }
+
     type WatchJobStream = JobEvents;
+
     async fn watch_job(
         &self,
-        _r: Request<proto::WatchJobRequest>,
+        request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        Err(not_yet("WatchJob"))
+        let events = self.farm.watch(&request.get_ref().job_id).await?;
+        let stream =
+            ReceiverStream::new(events).map(|event| Ok(proto::JobEvent { event: Some(event) }));
+        Ok(Response::new(Box::pin(stream)))
     }
+
     async fn cancel_job(
         &self,
-        _r: Request<proto::CancelJobRequest>,
+        request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
-        Err(not_yet("CancelJob"))
+        let request = request.into_inner();
+        let job = self.farm.cancel(&request.job_id, &request.reason).await?;
+        Ok(Response::new(proto::CancelJobResponse {
+            job: Some(convert::job(&job)),
+        }))
     }
+
     async fn get_results(
         &self,
-        _r: Request<proto::GetResultsRequest>,
+        request: Request<proto::GetResultsRequest>,
     ) -> Result<Response<proto::JobResults>, Status> {
-        Err(not_yet("GetResults"))
+        Ok(Response::new(
+            self.farm.results(&request.get_ref().job_id).await?,
+        ))
     }
 }
 
@@ -64,39 +94,54 @@ impl JobService for MasterService {
 impl WorkerRegistry for MasterService {
     async fn register(
         &self,
-        _r: Request<proto::RegisterRequest>,
+        request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        Err(not_yet("Register"))
+        Ok(Response::new(
+            self.farm.register(request.into_inner()).await?,
+        ))
     }
+
     async fn start_job(
         &self,
-        _r: Request<proto::StartJobRequest>,
+        request: Request<proto::StartJobRequest>,
     ) -> Result<Response<proto::StartJobResponse>, Status> {
-        Err(not_yet("StartJob"))
+        Ok(Response::new(self.farm.start_job(request.get_ref()).await?))
     }
+
     async fn renew_lease(
         &self,
-        _r: Request<proto::RenewLeaseRequest>,
+        request: Request<proto::RenewLeaseRequest>,
     ) -> Result<Response<proto::RenewLeaseResponse>, Status> {
-        Err(not_yet("RenewLease"))
+        Ok(Response::new(
+            self.farm.renew_lease(request.get_ref()).await?,
+        ))
     }
+
     async fn report_results(
         &self,
-        _r: Request<Streaming<proto::ResultsMessage>>,
+        request: Request<Streaming<proto::ResultsMessage>>,
     ) -> Result<Response<proto::ResultsAck>, Status> {
-        Err(not_yet("ReportResults"))
+        Ok(Response::new(
+            self.farm.report_results(request.into_inner()).await?,
+        ))
     }
+
     async fn list_workers(
         &self,
-        _r: Request<proto::ListWorkersRequest>,
+        _request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
-        Err(not_yet("ListWorkers"))
+        Ok(Response::new(proto::ListWorkersResponse {
+            workers: self.farm.list_workers(),
+        }))
     }
+
     async fn drain_worker(
         &self,
-        _r: Request<proto::DrainWorkerRequest>,
+        request: Request<proto::DrainWorkerRequest>,
     ) -> Result<Response<proto::DrainWorkerResponse>, Status> {
-        Err(not_yet("DrainWorker"))
+        Ok(Response::new(
+            self.farm.drain_worker(&request.get_ref().worker_id).await?,
+        ))
     }
 }
 
@@ -122,4 +167,25 @@ pub async fn serve(
     .await?;
     pyti::grpc::serve(router, listener, shutdown).await?;
     Ok(())
+}
+
+/// Runs a whole master: opens the store, starts the farm and serves on `listener`
+/// until `shutdown`, then stops the farm's tasks.
+pub async fn run(
+    settings: crate::farm::Settings,
+    database: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> crate::Result<()> {
+    let store = crate::store::open(database).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let farm = Farm::start(settings, store, stop.clone()).await?;
+    let served = serve(MasterService::new(Arc::clone(&farm)), listener, async {
+        shutdown.await;
+        stop.cancel();
+    })
+    .await;
+    stop.cancel();
+    farm.stopped().await;
+    served
 }

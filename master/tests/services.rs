@@ -1,5 +1,7 @@
 //! The master's gRPC surface as clients see it: health, reflection listing exactly the
-//! master's services, and honest UNIMPLEMENTED answers for what is not built yet.
+//! master's services, and a clear refusal of a job no registered worker can run.
+
+mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,16 +16,14 @@ async fn serves_health_reflection_and_says_what_is_missing() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_reflection::pb::v1;
 
-    let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(pyti_master::service::serve(
-        pyti_master::service::MasterService,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("master.sqlite");
+    let master = common::Master::start(
+        common::settings(&common::prefix(), Duration::from_secs(5), 3),
+        database.to_str().unwrap(),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(master.address.clone())
         .unwrap()
         .connect()
         .await
@@ -88,9 +88,10 @@ async fn serves_health_reflection_and_says_what_is_missing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(
-        err.message().starts_with("SubmitJob: "),
+        err.message()
+            .contains("the farm offers: nothing (no worker registered)"),
         "{}",
         err.message()
     );
@@ -98,11 +99,8 @@ async fn serves_health_reflection_and_says_what_is_missing() {
     drop(health);
     drop(reflection);
     drop(answers);
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server)
+    tokio::time::timeout(Duration::from_secs(20), master.finish(&[]))
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
 }
 
@@ -115,10 +113,11 @@ fn the_binary_stops_cleanly_on_sigint() {
         .unwrap()
         .port();
     let config = dir.path().join("master.ini");
+    let prefix = common::prefix();
     std::fs::write(
         &config,
         format!(
-            "[config]\npyti_master_root = {}\nlisten = 127.0.0.1:{port}\n",
+            "[config]\npyti_master_root = {}\nlisten = 127.0.0.1:{port}\nqueue_prefix = {prefix}\n",
             dir.path().display()
         ),
     )
@@ -148,4 +147,7 @@ fn the_binary_stops_cleanly_on_sigint() {
     assert!(status.success(), "{status:?}: {log}");
     let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
     assert_eq!(last["fields"]["message"], "pyti-master stopped", "{log}");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::delete_queues(&prefix, &[], &[]));
 }

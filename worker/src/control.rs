@@ -17,7 +17,21 @@ use tonic::{Request, Response, Status};
 
 use crate::config::WorkerConfig;
 use crate::error::Result as WorkerResult;
+use crate::farm::FarmHandle;
 use crate::stateofvm::{SlotInfo, SlotPool, SlotState};
+
+/// Capacity as the worker advertises it; the master schedules by `ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformCapacity {
+    /// Platform identifier.
+    pub platform: String,
+    /// Variants the platform's VMs offer.
+    pub variants: Vec<String>,
+    /// Configured slots.
+    pub total: u32,
+    /// Slots free to take a job.
+    pub ready: u32,
+}
 
 /// The worker's control-plane service (cheap to clone: clones share state).
 #[derive(Clone)]
@@ -27,6 +41,9 @@ pub struct ControlService {
     draining: Arc<watch::Sender<bool>>,
     /// Ends open WatchCapacity streams, which would otherwise hold a graceful shutdown open.
     shutdown: CancellationToken,
+    /// The farm loop, when this worker takes jobs from a master: cancel and drain reach
+    /// its running jobs through it.
+    farm: Option<FarmHandle>,
 }
 
 impl ControlService {
@@ -38,7 +55,16 @@ impl ControlService {
             pool,
             draining: Arc::new(draining),
             shutdown: CancellationToken::new(),
+            farm: None,
         }
+    }
+
+    /// Connects the control plane to the farm loop, so CancelJob stops running jobs and
+    /// Drain stops the loop taking new ones.
+    #[must_use]
+    pub fn with_farm(mut self, farm: FarmHandle) -> Self {
+        self.farm = Some(farm);
+        self
     }
 
     /// True once `Drain` was called: the worker takes no new work.
@@ -168,6 +194,12 @@ impl WorkerControl for ControlService {
         &self,
         request: Request<proto::WorkerCancelJobRequest>,
     ) -> Result<Response<proto::WorkerCancelJobResponse>, Status> {
+        if let Some(farm) = &self.farm {
+            let request = request.get_ref();
+            let found = farm.cancel(&request.job_id);
+            tracing::info!(job_id = %request.job_id, reason = %request.reason, found, "Cancel requested");
+            return Ok(Response::new(proto::WorkerCancelJobResponse { found }));
+        }
         Err(Status::unimplemented(format!(
             "CancelJob {}: this worker does not take jobs from the farm yet",
             request.get_ref().job_id
@@ -179,13 +211,15 @@ impl WorkerControl for ControlService {
         _request: Request<proto::DrainRequest>,
     ) -> Result<Response<proto::DrainResponse>, Status> {
         self.draining.send_replace(true);
-        tracing::info!(worker_id = %self.config.worker_id, "Draining: taking no new work");
+        let farm_running = self.farm.as_ref().map_or(0, FarmHandle::drain);
+        tracing::info!(worker_id = %self.config.worker_id, running = farm_running, "Draining: taking no new work");
         let capacity = self.capacity_message();
-        let running = capacity
+        let busy: u32 = capacity
             .platforms
             .iter()
             .map(|p| p.preparing + p.running + p.collecting)
             .sum();
+        let running = busy.max(farm_running);
         Ok(Response::new(proto::DrainResponse {
             capacity: Some(capacity),
             running,

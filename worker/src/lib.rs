@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod diskhandler;
 pub mod error;
+pub mod farm;
 pub mod image;
 pub mod manager;
 pub mod progress;

@@ -1,0 +1,257 @@
+//! The same checks against both stores: a SQLite file and a fresh PostgreSQL schema.
+
+use super::*;
+use pyti::proto::{Outcome, TaskStatus};
+
+/// A PostgreSQL URL whose connections use a new, empty schema.
+pub(crate) async fn postgres_url() -> String {
+    let base = std::env::var("PYTI_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    format!("{base}?options=-c%20search_path%3D{schema}")
+}
+
+fn job(id: &str, project: &str) -> JobRow {
+    JobRow {
+        job_id: id.to_owned(),
+        spec: JobSpec {
+            project_name: project.to_owned(),
+            project_version: "1.0".to_owned(),
+            recipe_identifier: "recipe".to_owned(),
+            platform_identifier: "linux-debian".to_owned(),
+            platform_variants: vec!["python3.11".to_owned()],
+        },
+        resolved_version: String::new(),
+        state: JobState::Submitted,
+        attempt: 1,
+        worker_id: String::new(),
+        outcome: Outcome::Unspecified,
+        submitted_at_ms: 1000,
+        updated_at_ms: 1000,
+        lease_deadline_ms: None,
+        cancel_requested: false,
+        history: Vec::new(),
+    }
+}
+
+fn results(id: &str, attempt: u32) -> AttemptResults {
+    AttemptResults {
+        job_id: id.to_owned(),
+        attempt,
+        worker_id: "w1".to_owned(),
+        outcome: Outcome::Passed,
+        results_json: "{\"version\":1}".to_owned(),
+        error: String::new(),
+        tasks: vec![TaskRow {
+            task: "install".to_owned(),
+            status: TaskStatus::Passed,
+            duration_s: 1.5,
+            metrics_json: "{}".to_owned(),
+            log_name: "install.log".to_owned(),
+            summary: "installed".to_owned(),
+        }],
+        logs: vec![("install.log".to_owned(), b"pip says hi\n".to_vec())],
+        stored_at_ms: 5000,
+    }
+}
+
+async fn exercise(store: Arc<dyn Store>) {
+    let prefix = uuid::Uuid::now_v7().to_string();
+    let id = |n: u32| format!("{prefix}-{n:03}");
+    for n in 0..5 {
+        store
+            .insert_job(
+                &job(&id(n), if n % 2 == 0 { "even" } else { "odd" }),
+                "submitted",
+            )
+            .await
+            .unwrap();
+    }
+    let got = store.get_job(&id(0)).await.unwrap().unwrap();
+    assert_eq!(got.spec.platform_variants, vec!["python3.11"]);
+    assert_eq!(got.history.len(), 1);
+    assert!(store.get_job("nope").await.unwrap().is_none());
+
+    // Conditional transitions: the second identical one loses.
+    let queued = Transition::of(&got, JobState::Queued, "queued", 1100);
+    let after = store.transition(&queued).await.unwrap().unwrap();
+    assert_eq!(after.state, JobState::Queued);
+    assert!(store.transition(&queued).await.unwrap().is_none());
+    let mut running = Transition::of(&after, JobState::Running, "started by w1", 1200);
+    running.worker_id = "w1".to_owned();
+    running.lease_deadline_ms = Some(2000);
+    let mut stale = running.clone();
+    stale.from_attempt = Some(7);
+    assert!(store.transition(&stale).await.unwrap().is_none());
+    store.transition(&running).await.unwrap().unwrap();
+    assert!(store
+        .renew_lease(&id(0), 1, "w2", 3000)
+        .await
+        .unwrap()
+        .is_none());
+    let renewed = store
+        .renew_lease(&id(0), 1, "w1", 3000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.lease_deadline_ms, Some(3000));
+    let lapsed: Vec<String> = store
+        .lapsed_leases(3500)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert!(lapsed.contains(&id(0)));
+    assert!(!store
+        .lapsed_leases(2500)
+        .await
+        .unwrap()
+        .iter()
+        .any(|j| j.job_id == id(0)));
+
+    // Results: stored once, a second copy is a duplicate, the job ends.
+    let mut done = Transition::of(&renewed, JobState::Succeeded, "results stored", 5000);
+    done.outcome = Outcome::Passed;
+    done.lease_deadline_ms = None;
+    match store
+        .store_results(&results(&id(0), 1), &done)
+        .await
+        .unwrap()
+    {
+        StoreOutcome::Stored(job) => {
+            assert_eq!(job.state, JobState::Succeeded);
+            assert_eq!(job.outcome, Outcome::Passed);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store
+            .store_results(&results(&id(0), 1), &done)
+            .await
+            .unwrap(),
+        StoreOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .store_results(&results(&id(0), 2), &done)
+            .await
+            .unwrap(),
+        StoreOutcome::Duplicate,
+        "the job had ended"
+    );
+    assert_eq!(store.count_results(&id(0)).await.unwrap(), 1);
+    let stored = store.get_results(&id(0)).await.unwrap().unwrap();
+    assert_eq!(stored, results(&id(0), 1));
+    let history = store.get_job(&id(0)).await.unwrap().unwrap().history;
+    let states: Vec<JobState> = history.iter().map(|h| h.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            JobState::Submitted,
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded
+        ]
+    );
+
+    // Listing: filters and pages, newest first.
+    let filter = JobFilter {
+        project_name: "even".into(),
+        limit: 2,
+        ..Default::default()
+    };
+    let page = store.list_jobs(&filter).await.unwrap();
+    assert_eq!(
+        page.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+        vec![id(4), id(2)]
+    );
+    let next = store
+        .list_jobs(&JobFilter {
+            before_job_id: Some(id(2)),
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>(),
+        vec![id(0)]
+    );
+    let by_state = store
+        .list_jobs(&JobFilter {
+            states: vec![JobState::Succeeded],
+            worker_id: "w1".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_state
+            .iter()
+            .map(|j| j.job_id.clone())
+            .collect::<Vec<_>>(),
+        vec![id(0)]
+    );
+
+    let worker = WorkerRow {
+        worker_id: format!("{prefix}-w"),
+        control_address: "http://127.0.0.1:1".into(),
+        capacity: vec![1, 2, 3],
+        registered_at_ms: 1,
+        last_seen_ms: 1,
+    };
+    store.upsert_worker(&worker).await.unwrap();
+    store
+        .upsert_worker(&WorkerRow {
+            capacity: vec![4],
+            last_seen_ms: 9,
+            registered_at_ms: 5,
+            ..worker.clone()
+        })
+        .await
+        .unwrap();
+    let workers = store.workers().await.unwrap();
+    let w = workers
+        .iter()
+        .find(|w| w.worker_id == worker.worker_id)
+        .unwrap();
+    assert_eq!(
+        (w.capacity.clone(), w.registered_at_ms, w.last_seen_ms),
+        (vec![4], 1, 9)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_jobs_results_and_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/pyti.sqlite");
+    let store = open(path.to_str().unwrap()).await.unwrap();
+    exercise(store).await;
+    // Reopening the file finds the tables and data.
+    let again = open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(
+        again
+            .list_jobs(&JobFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_jobs_results_and_workers() {
+    let url = postgres_url().await;
+    exercise(open(&url).await.unwrap()).await;
+}

@@ -1,0 +1,221 @@
+//! Leases and results: keeping a running job's lease alive, and getting its results
+//! from the spool to the master.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyti::proto::{self, results_message::Message as M, ResultsMessage};
+use tokio_util::sync::CancellationToken;
+
+use super::consume::Farm;
+use super::{spool, JobReport};
+
+/// Log chunks stay well under gRPC's default 4 MiB message limit.
+const LOG_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The `ReportResults` stream for one attempt.
+pub fn results_messages(
+    worker_id: &str,
+    job_id: &str,
+    attempt: u32,
+    report: JobReport,
+) -> Vec<ResultsMessage> {
+    let wrap = |message| ResultsMessage {
+        message: Some(message),
+    };
+    let mut messages = vec![wrap(M::Header(proto::ResultsHeader {
+        job_id: job_id.to_owned(),
+        attempt,
+        worker_id: worker_id.to_owned(),
+        image_hash: report.image_hash,
+        python_version: report.python_version,
+        resolved_version: report.resolved_version,
+    }))];
+    for mut task in report.tasks {
+        task.job_id = job_id.to_owned();
+        task.attempt = attempt;
+        messages.push(wrap(M::TaskResult(task)));
+    }
+    for (log_name, data) in report.logs {
+        let mut offset = 0;
+        for chunk in data.chunks(LOG_CHUNK_BYTES) {
+            messages.push(wrap(M::LogChunk(proto::LogChunk {
+                job_id: job_id.to_owned(),
+                attempt,
+                log_name: log_name.clone(),
+                offset: offset as u64,
+                data: chunk.to_vec(),
+            })));
+            offset += chunk.len();
+        }
+    }
+    messages.push(wrap(M::Final(proto::FinalRecord {
+        outcome: report.outcome as i32,
+        results_json: report.results_json,
+        error: report.error,
+    })));
+    messages
+}
+
+impl Farm {
+    /// Renews the lease of a running job every `every` until aborted; fires `cancel`
+    /// when the master says the job was cancelled or no longer runs here.
+    pub(super) async fn renew(
+        self: Arc<Self>,
+        job_id: String,
+        attempt: u32,
+        every: Duration,
+        cancel: CancellationToken,
+    ) {
+        let request = proto::RenewLeaseRequest {
+            worker_id: self.settings.worker_id.clone(),
+            job_id: job_id.clone(),
+            attempt,
+        };
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.registry.clone().renew_lease(request.clone()).await {
+                Ok(answer) if answer.get_ref().cancelled => {
+                    tracing::info!(%job_id, "The master says stop: cancelled or no longer ours");
+                    cancel.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    tracing::warn!(%job_id, error = %status.message(), "Lease renewal failed; retrying")
+                }
+            }
+        }
+    }
+
+    /// Writes the report to the spool; `None` (logged) if the disk refused, in which
+    /// case the results are sent straight from memory once.
+    pub(super) async fn spool(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        report: JobReport,
+    ) -> Option<PathBuf> {
+        let messages = results_messages(&self.settings.worker_id, job_id, attempt, report);
+        let dir = self.settings.spool_dir.clone();
+        let id = job_id.to_owned();
+        let kept = messages.clone();
+        let written =
+            tokio::task::spawn_blocking(move || spool::write(&dir, &id, attempt, &kept)).await;
+        match written {
+            Ok(Ok(path)) => Some(path),
+            Ok(Err(error)) => {
+                tracing::error!(%job_id, %error, "Cannot spool results; sending them unspooled");
+                let _ = self.send(messages).await;
+                None
+            }
+            Err(error) => {
+                tracing::error!(%job_id, %error, "Spooling results panicked");
+                None
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        messages: Vec<ResultsMessage>,
+    ) -> Result<proto::ResultsAck, tonic::Status> {
+        Ok(self
+            .registry
+            .clone()
+            .report_results(tokio_stream::iter(messages))
+            .await?
+            .into_inner())
+    }
+
+    /// Sends one spooled result until the master stored it, then deletes it. Gives up
+    /// (keeping the file for the next start) at shutdown.
+    pub(super) async fn send_spooled(&self, path: PathBuf) {
+        let read_path = path.clone();
+        let spooled = match tokio::task::spawn_blocking(move || spool::read(&read_path)).await {
+            Ok(Ok(spooled)) => spooled,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "Unreadable spooled results left in place");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.send(spooled.messages.clone()).await {
+                Ok(ack) if ack.stored => {
+                    tracing::info!(job_id = %ack.job_id, attempt = ack.attempt, duplicate = ack.duplicate, "Results stored by the master");
+                    let remove_path = path.clone();
+                    if let Ok(Err(error)) =
+                        tokio::task::spawn_blocking(move || spool::remove(&remove_path)).await
+                    {
+                        tracing::warn!(%error, "Stored results could not be removed from the spool");
+                    }
+                    return;
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "The master did not store the results; retrying")
+                }
+                Err(status)
+                    if status.code() == tonic::Code::InvalidArgument
+                        || status.code() == tonic::Code::NotFound =>
+                {
+                    tracing::error!(path = %path.display(), error = %status.message(), "The master refuses these results; left in the spool");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(path = %path.display(), error = %status.message(), "Results not delivered; retrying")
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyti::proto::Outcome;
+
+    #[test]
+    fn a_report_becomes_header_tasks_chunks_and_final() {
+        let report = JobReport {
+            outcome: Outcome::Passed,
+            tasks: vec![proto::TaskResult {
+                task: "install".into(),
+                ..Default::default()
+            }],
+            logs: vec![("install.log".into(), vec![7; LOG_CHUNK_BYTES + 10])],
+            results_json: "{}".into(),
+            ..Default::default()
+        };
+        let messages = results_messages("w1", "j1", 2, report);
+        let kinds: Vec<&str> = messages
+            .iter()
+            .map(|m| match m.message.as_ref().unwrap() {
+                M::Header(_) => "header",
+                M::TaskResult(t) => {
+                    assert_eq!((t.job_id.as_str(), t.attempt), ("j1", 2));
+                    "task"
+                }
+                M::LogChunk(c) => {
+                    assert!(c.offset == 0 || c.offset == LOG_CHUNK_BYTES as u64);
+                    "log"
+                }
+                M::Final(f) => {
+                    assert_eq!(f.outcome(), Outcome::Passed);
+                    "final"
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["header", "task", "log", "log", "final"]);
+    }
+}
