@@ -42,6 +42,7 @@ pub fn finish(outcome: Outcome, attempt: u32, max_attempts: u32, cancel_requeste
         | Outcome::WorkerLost
         | Outcome::IndexUnreachable
         | Outcome::AgentError
+        | Outcome::InputMismatch
             if attempt < max_attempts =>
         {
             Finish::Retry

@@ -1,14 +1,18 @@
 //! `pyti-worker`: one per host (the seed's `pyti-slave`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pyti_guest::recipe::RecipeBook;
 use pyti_worker::config::WorkerConfig;
 use pyti_worker::control::ControlService;
+use pyti_worker::farm::{FarmHandle, FarmSettings};
 use pyti_worker::image::cli::ImageCommand;
+use pyti_worker::manager::Manager;
 use pyti_worker::stateofvm::SlotPool;
+use tokio_util::sync::CancellationToken;
 
 /// Runs PyTI jobs in libvirt VMs on this host and serves the WorkerControl control plane.
 #[derive(Debug, Parser)]
@@ -26,8 +30,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the control plane and run jobs (the default).
-    Serve,
+    /// Serve the control plane and run the jobs the master assigns (the default).
+    Serve {
+        /// The static pyti-guest binary for the guest image (default: next to this program).
+        #[arg(long, value_name = "FILE")]
+        agent: Option<PathBuf>,
+    },
     /// Build, list and check guest images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -41,8 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = WorkerConfig::load(cli.config.as_deref())?;
     pyti::telemetry::init(cli.log_json || config.log_json);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
+    match cli.command.unwrap_or(Command::Serve { agent: None }) {
+        Command::Serve { agent } => serve(config, cli.config.as_deref(), agent.as_deref()).await,
         Command::Image(command) => Ok(pyti_worker::image::cli::run(&config.root, command).await?),
         Command::Download(args) => {
             pyti_worker::pypidownload::cli::run(args, &config.root.join("cache/pypi")).await
@@ -50,21 +58,48 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
+async fn serve(
+    config: WorkerConfig,
+    config_file: Option<&Path>,
+    agent: Option<&Path>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let pool = SlotPool::new(config.slot_names())?;
-    let control = ControlService::new(Arc::clone(&config), pool);
+    let recipes = match config_file
+        .and_then(Path::parent)
+        .map(|d| d.join("recipes"))
+        .filter(|d| d.is_dir())
+    {
+        Some(dir) => RecipeBook::with_overrides(&dir)?,
+        None => RecipeBook::embedded(),
+    };
     let (listener, addr) = pyti::grpc::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
+    let manager =
+        Arc::new(Manager::start(Arc::clone(&config), pool.clone(), recipes, agent).await?);
+    let settings = FarmSettings::from_config(&config);
+    let handle = FarmHandle::new(settings.platforms.clone());
+    let control = ControlService::new(Arc::clone(&config), pool).with_farm(handle.clone());
+    let stop = CancellationToken::new();
+    let farm = tokio::spawn(pyti_worker::farm::run(
+        settings,
+        manager,
+        handle,
+        stop.clone(),
+    ));
     tracing::info!(
         worker_id = %config.worker_id,
         %addr,
+        master = %config.master,
         root = %config.root.display(),
         platforms = config.platforms.len(),
         "pyti-worker listening"
     );
     pyti_worker::control::serve(control, listener, pyti::grpc::shutdown_signal()).await?;
+    // Finish what runs: the farm loop stops taking jobs and waits for running ones.
+    stop.cancel();
+    farm.await.context("the farm loop failed")??;
     tracing::info!("pyti-worker stopped");
     Ok(())
 }

@@ -32,7 +32,9 @@ use crate::vms::{
 };
 
 mod error;
+mod runner;
 pub use error::{FailureKind, RunError};
+pub use runner::{protocol_outcome, report_of_error, report_of_run};
 
 /// Where the guest image keeps its ready virtualenv and interpreter.
 const GUEST_VENV: &str = "/opt/pyti/venv";
@@ -76,7 +78,9 @@ pub struct JobReport {
 struct PlatformRuntime {
     config: PlatformConfig,
     connection: Connection,
-    image: GuestImage,
+    /// `None` on libvirt's test driver, whose domains boot nothing: such a platform
+    /// serves the control plane (and its tests) but refuses jobs.
+    image: Option<GuestImage>,
 }
 
 /// Runs jobs on this host's VM slots. Cheap to share (`Arc`).
@@ -103,13 +107,14 @@ impl Manager {
         for platform in &config.platforms {
             let connection = Connection::open(&platform.hypervisor).await?;
             let image = match &platform.image {
-                Some(dir) => GuestImage::load(dir)?,
+                _ if connection.hypervisor() == vms::Hypervisor::Test => None,
+                Some(dir) => Some(GuestImage::load(dir)?),
                 None => {
                     let agent = image::agent::locate_agent(agent)?;
                     if image::latest_image(&config.root, &platform.name).is_err() {
                         info!(platform = %platform.name, "No guest image yet: building one (a few minutes, once)");
                     }
-                    image::ensure_image(&config.root, &platform.name, &agent, false).await?
+                    Some(image::ensure_image(&config.root, &platform.name, &agent, false).await?)
                 }
             };
             let leftovers = vms::cleanup_leftovers(
@@ -166,6 +171,12 @@ impl Manager {
                 offered: self.platforms.keys().cloned().collect(),
             })?;
         let recipe = self.recipes.get(&job.spec.recipe_identifier)?.clone();
+        if runtime.image.is_none() {
+            return Err(RunError::NoImage {
+                platform: runtime.config.name.clone(),
+                hypervisor: runtime.config.hypervisor.clone(),
+            });
+        }
         let missing: Vec<&String> = job
             .spec
             .platform_variants
@@ -250,6 +261,12 @@ impl Manager {
         progress: &ProgressSender,
         cancel: &CancellationToken,
     ) -> Result<(ResolvedSet, Results), RunError> {
+        let Some(image) = runtime.image.as_ref() else {
+            return Err(RunError::NoImage {
+                platform: runtime.config.name.clone(),
+                hypervisor: runtime.config.hypervisor.clone(),
+            });
+        };
         stage.start(Stage::Download, &job.spec.requirement());
         let request = match &job.local_distribution {
             Some(path) => pypidownload::Request::local(path.clone()),
@@ -287,7 +304,7 @@ impl Manager {
             platform_variants: job.spec.platform_variants.clone(),
             recipe: recipe.clone(),
             inputs: pyti_guest::job::describe_inputs(staging)?,
-            image_hash: Some(runtime.image.manifest.hash.clone()),
+            image_hash: Some(image.manifest.hash.clone()),
             venv_template: Some(GUEST_VENV.to_owned()),
             python: Some(GUEST_PYTHON.to_owned()),
         };
@@ -310,7 +327,7 @@ impl Manager {
             .await
             .map_err(|e| RunError::io(&overlays, e))?;
         let overlay = Overlay::create(
-            &runtime.image.base(),
+            &image.base(),
             &overlay_dir(&self.config.root).join(format!("{}.qcow2", lease.name())),
         )
         .await?;
@@ -320,7 +337,7 @@ impl Manager {
         vm_config.vcpus = runtime.config.vcpus;
         vm_config.hard_disk = Some(DiskSpec::overlay(&overlay.path, &overlay.base));
         vm_config.extra_disks = vec![DiskSpec::new(&io_disk)];
-        vm_config.kernel = Some(runtime.image.direct_boot(false));
+        vm_config.kernel = Some(image.direct_boot(false));
         vm_config.serial_log = Some(console_log.clone());
         vm_config.accelerator = match runtime.config.accel {
             Accel::Auto => AcceleratorChoice::Auto,

@@ -235,7 +235,7 @@ fn the_binary_serves_grpcurl_and_stops_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "[config]\npyti_slave_root = {}\nworker_id = w2\nlisten = 127.0.0.1:{port}\n[platform linux-debian]\nvms = 3\n",
+            "[config]\npyti_slave_root = {}\nworker_id = w2\nlisten = 127.0.0.1:{port}\nmaster = http://127.0.0.1:9\n[platform linux-debian]\nvms = 3\nhypervisor = test:///default\n",
             dir.path().display()
         ),
     )

@@ -204,7 +204,7 @@ mod tests {
     fn fat_io_disk_round_trip_with_mtools() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("io.img");
-        make_fat_io_disk(&image, 2).unwrap();
+        make_fat_io_disk(&image, 16).unwrap();
         let source = dir.path().join("hello.json");
         std::fs::write(&source, b"{\"hi\":1}").unwrap();
         let status = std::process::Command::new("mcopy")

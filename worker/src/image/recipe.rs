@@ -259,7 +259,8 @@ mod tests {
         assert!(INIT_SCRIPT.contains("results/agent-error.json"));
         assert!(INIT_SCRIPT.contains("results/results.json"));
         assert!(INIT_SCRIPT.contains("results/selftest.json"));
-        assert!(INIT_SCRIPT.contains(&format!("{AGENT_PATH} run --io /io")));
+        assert!(INIT_SCRIPT.contains(&format!("agent={AGENT_PATH}")));
+        assert!(INIT_SCRIPT.contains("\"$agent\" run --io /io"));
         assert!(INIT_SCRIPT.contains(VENV_PATH));
         assert!(INIT_SCRIPT.contains("modprobe -qa vfat"));
     }

@@ -113,6 +113,14 @@ pub enum RunError {
         /// What failed.
         detail: String,
     },
+    /// The platform has no guest image (libvirt's test driver boots nothing).
+    #[error("platform {platform} runs on {hypervisor}, which boots no guest: it cannot run jobs")]
+    NoImage {
+        /// The platform.
+        platform: String,
+        /// Its hypervisor URI.
+        hypervisor: String,
+    },
     /// A background task failed.
     #[error("internal error: {0}")]
     Internal(String),

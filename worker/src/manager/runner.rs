@@ -1,0 +1,229 @@
+//! The manager as the farm's [`JobRunner`]: a job from the master's queue runs through
+//! the same pipeline as `pyti-vm-run`, and what it produced is turned into the farm's
+//! report (protocol outcome, task results, logs, the results dict).
+
+use std::path::Path;
+
+use pyti::model::JobSpec;
+use pyti::proto::{self, Outcome, QueuedJob};
+use pyti_guest::results::{Outcome as GuestOutcome, Results, TaskStatus};
+use tokio_util::sync::CancellationToken;
+
+use super::{FailureKind, JobReport as RunReport, JobRequest, Manager, RunError};
+use crate::farm::{JobReport, JobRunner};
+
+/// Largest log sent to the master per task (the guest caps its logs too).
+const MAX_LOG_BYTES: u64 = 8 << 20;
+
+impl JobRunner for Manager {
+    fn can_run(&self, job: &QueuedJob) -> Result<(), String> {
+        let spec = job.spec.clone().unwrap_or_default();
+        let Some(runtime) = self.platforms.get(&spec.platform_identifier) else {
+            return Err(format!("no platform {:?} here", spec.platform_identifier));
+        };
+        if let Some(missing) = spec
+            .platform_variants
+            .iter()
+            .find(|v| !runtime.config.variants.contains(v))
+        {
+            return Err(format!(
+                "platform {} has no variant {missing:?}",
+                spec.platform_identifier
+            ));
+        }
+        if self.pool.snapshot().ready(&spec.platform_identifier) == 0 {
+            return Err(format!("no ready VM slot for {}", spec.platform_identifier));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, job: QueuedJob, cancel: CancellationToken) -> JobReport {
+        let spec = match JobSpec::try_from(job.spec.clone().unwrap_or_default()) {
+            Ok(spec) => spec,
+            Err(error) => {
+                return JobReport {
+                    outcome: Outcome::ResolutionFailed,
+                    error: error.to_string(),
+                    ..Default::default()
+                }
+            }
+        };
+        let request = JobRequest {
+            job_id: job.job_id.clone(),
+            attempt: job.attempt,
+            spec,
+            local_distribution: None,
+        };
+        let result = Manager::run(self, &request, None, cancel).await;
+        let report = match &result {
+            Ok(run) => report_of_run(run),
+            Err(error) => report_of_error(error),
+        };
+        let _ = tokio::fs::remove_dir_all(self.config.root.join("runs").join(&job.job_id)).await;
+        report
+    }
+}
+
+/// The farm report of a run that produced results.
+pub fn report_of_run(run: &RunReport) -> JobReport {
+    let results = &run.results;
+    JobReport {
+        outcome: protocol_outcome(results.outcome),
+        tasks: results.tasks.iter().map(task_result).collect(),
+        logs: read_logs(&run.results_dir, results),
+        results_json: serde_json::to_string(results).unwrap_or_default(),
+        error: if results.outcome.is_farm_fault() {
+            results.outcome_detail.clone()
+        } else {
+            String::new()
+        },
+        image_hash: results.platform.image_hash.clone().unwrap_or_default(),
+        python_version: results.platform.python_version.clone().unwrap_or_default(),
+        resolved_version: run.resolved.distribution.version.clone(),
+    }
+}
+
+/// The farm report of a run that produced no results.
+pub fn report_of_error(error: &RunError) -> JobReport {
+    let outcome = match (error.kind(), error) {
+        (FailureKind::Cancelled, _) => Outcome::Cancelled,
+        (FailureKind::Package, _) => Outcome::ResolutionFailed,
+        (_, RunError::Deadline { .. }) => Outcome::Deadline,
+        (_, RunError::Boot(_) | RunError::NoAgent { .. } | RunError::Image(_)) => {
+            Outcome::VmBootFailed
+        }
+        (_, RunError::Disk(_) | RunError::Io { .. }) => Outcome::DiskError,
+        (_, RunError::Download(_)) => Outcome::IndexUnreachable,
+        _ => Outcome::AgentError,
+    };
+    JobReport {
+        outcome,
+        error: error.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The protocol's outcome for the guest's.
+pub fn protocol_outcome(outcome: GuestOutcome) -> Outcome {
+    match outcome {
+        GuestOutcome::Passed => Outcome::Passed,
+        GuestOutcome::InstallFailed => Outcome::InstallFailed,
+        GuestOutcome::ImportFailed => Outcome::ImportFailed,
+        GuestOutcome::TestsFailed => Outcome::TestsFailed,
+        GuestOutcome::HarmfulBehaviour => Outcome::HarmfulBehaviour,
+        GuestOutcome::SuspiciousBehaviour => Outcome::SuspiciousBehaviour,
+        GuestOutcome::WroteOutsideEnvironment => Outcome::WroteOutsideEnvironment,
+        GuestOutcome::QualityIssues => Outcome::QualityFailed,
+        GuestOutcome::AgentError => Outcome::AgentError,
+        GuestOutcome::Deadline => Outcome::Deadline,
+        GuestOutcome::InputMismatch => Outcome::InputMismatch,
+        GuestOutcome::DiskError => Outcome::DiskError,
+        GuestOutcome::VmDidNotBoot => Outcome::VmBootFailed,
+        GuestOutcome::WorkerLost => Outcome::WorkerLost,
+    }
+}
+
+fn task_result(task: &pyti_guest::results::TaskResult) -> proto::TaskResult {
+    let status = match task.status {
+        TaskStatus::Passed => proto::TaskStatus::Passed,
+        TaskStatus::Failed => proto::TaskStatus::Failed,
+        TaskStatus::Error => proto::TaskStatus::Error,
+        TaskStatus::Skipped => proto::TaskStatus::Skipped,
+        TaskStatus::TimedOut => proto::TaskStatus::TimedOut,
+    };
+    proto::TaskResult {
+        task: task.name.as_str().to_owned(),
+        status: status as i32,
+        duration_s: task.duration_s,
+        metrics_json: task
+            .metrics
+            .as_ref()
+            .and_then(|m| serde_json::to_string(m).ok())
+            .unwrap_or_default(),
+        log_name: task.log.clone().unwrap_or_default(),
+        summary: task.message.clone(),
+        ..Default::default()
+    }
+}
+
+/// The task logs the results name, read from the run's results directory (already
+/// copied off the IO disk under the reader's caps).
+fn read_logs(results_dir: &Path, results: &Results) -> Vec<(String, Vec<u8>)> {
+    let mut logs = Vec::new();
+    for name in results.tasks.iter().filter_map(|t| t.log.as_deref()) {
+        let path = results_dir.join(name);
+        if !path.starts_with(results_dir) || name.contains("..") {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(&path) {
+            let cap = usize::try_from(MAX_LOG_BYTES).unwrap_or(usize::MAX);
+            logs.push((name.to_owned(), bytes.into_iter().take(cap).collect()));
+        }
+    }
+    logs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guest_outcome_keeps_its_side() {
+        use GuestOutcome::*;
+        for outcome in [
+            Passed,
+            InstallFailed,
+            ImportFailed,
+            TestsFailed,
+            HarmfulBehaviour,
+            SuspiciousBehaviour,
+            WroteOutsideEnvironment,
+            QualityIssues,
+            AgentError,
+            Deadline,
+            InputMismatch,
+            DiskError,
+            VmDidNotBoot,
+            WorkerLost,
+        ] {
+            let farm = matches!(
+                protocol_outcome(outcome),
+                Outcome::AgentError
+                    | Outcome::Deadline
+                    | Outcome::InputMismatch
+                    | Outcome::DiskError
+                    | Outcome::VmBootFailed
+                    | Outcome::WorkerLost
+            );
+            assert_eq!(farm, outcome.is_farm_fault(), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn errors_become_outcomes_by_fault() {
+        let deadline = RunError::Deadline {
+            seconds: 10,
+            console_log: "c".into(),
+        };
+        assert_eq!(report_of_error(&deadline).outcome, Outcome::Deadline);
+        assert!(report_of_error(&deadline).error.contains("10 s"));
+        assert_eq!(
+            report_of_error(&RunError::Cancelled).outcome,
+            Outcome::Cancelled
+        );
+        let not_found = RunError::Download(crate::pypidownload::Error::ProjectNotFound {
+            project: "x".into(),
+            index: "i".into(),
+            required_by: None,
+        });
+        assert_eq!(
+            report_of_error(&not_found).outcome,
+            Outcome::ResolutionFailed
+        );
+        let agent = RunError::AgentFailed {
+            record: String::new(),
+            console_log: "c".into(),
+        };
+        assert_eq!(report_of_error(&agent).outcome, Outcome::AgentError);
+    }
+}
