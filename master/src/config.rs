@@ -15,13 +15,12 @@ use pyti::config::{default_state_dir, running_as_root, IniFile};
 
 use crate::error::Result;
 
-const CONFIG_KEYS: [&str; 10] = [
+const CONFIG_KEYS: [&str; 9] = [
     "pyti_master_root",
     "listen",
     "amqp_url",
     "queue_prefix",
     "database",
-    "http",
     "lease_s",
     "max_attempts",
     "index_url",
@@ -42,8 +41,6 @@ pub struct MasterConfig {
     pub queue_prefix: String,
     /// A SQLite file path or a `postgres://` URL. Default: `<root>/pyti.sqlite`.
     pub database: String,
-    /// Dashboard and `/metrics`. Default: `127.0.0.1:8080`.
-    pub http: SocketAddr,
     /// How long a running job's lease lasts without renewal. Default: 120 s.
     pub lease_s: u32,
     /// Attempts before a job goes to the dead queue. Default: 3.
@@ -100,9 +97,6 @@ impl MasterConfig {
                 .to_owned(),
             queue_prefix: file.get(c, "queue_prefix").unwrap_or("pyti").to_owned(),
             database,
-            http: file
-                .get_parsed(c, "http", "a socket address such as 127.0.0.1:8080")?
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             lease_s: file
                 .get_u64_in(c, "lease_s", 5, 86_400)?
                 .map_or(120, |v| v as u32),
@@ -152,9 +146,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "master.ini: [config] max_attempts: 0 is out of range: expected a whole number from 1 to 100");
-        let err = parse("[config]\nhttp = x\n").unwrap_err().to_string();
+        let err = parse("[config]\nlisten = x\n").unwrap_err().to_string();
         assert!(
-            err.starts_with("master.ini: [config] http: \"x\" is not a socket address"),
+            err.starts_with("master.ini: [config] listen: \"x\" is not a socket address"),
             "{err}"
         );
         let err = parse("[platform x]\n").unwrap_err().to_string();

@@ -17,6 +17,9 @@ use pyti_guest::results::{parse_results, Results, ResultsLimits, TaskResult};
 /// The interpreter of the guest image (Debian bookworm's), also present on the host.
 pub const PYTHON: &str = "/usr/bin/python3";
 
+/// The script that packs a fixture directory into an sdist.
+const FIXTURE_BUILDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/build_sdist.py");
+
 /// Scratch space of this test binary under the target directory.
 pub fn scratch() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pyti-guest");
@@ -86,23 +89,9 @@ pub fn build_sdist(fixture: &str, dest: &Path) -> PathBuf {
         .join(fixture);
     let name = format!("pyti-{fixture}-1.0");
     let archive = dest.join(format!("{name}.tar.gz"));
-    let script = r#"
-import io, os, sys, tarfile
-source, name, archive, project = sys.argv[1:5]
-pkg_info = f"Metadata-Version: 2.1\nName: {project}\nVersion: 1.0\n".encode()
-with tarfile.open(archive, "w:gz") as tar:
-    for root, dirs, files in os.walk(source):
-        dirs.sort()
-        for file in sorted(files):
-            path = os.path.join(root, file)
-            tar.add(path, arcname=os.path.join(name, os.path.relpath(path, source)))
-    info = tarfile.TarInfo(os.path.join(name, "PKG-INFO"))
-    info.size = len(pkg_info)
-    tar.addfile(info, io.BytesIO(pkg_info))
-"#;
     check(
         Command::new(PYTHON)
-            .args(["-c", script])
+            .arg(FIXTURE_BUILDER)
             .arg(&source)
             .arg(&name)
             .arg(&archive)

@@ -6,6 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The guest tests' script that packs a fixture directory into an sdist.
+const FIXTURE_BUILDER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../guest/tests/fixtures/build_sdist.py"
+);
+
 /// libvirt connection of the VM tests.
 pub const URI: &str = "qemu:///system";
 
@@ -79,22 +85,8 @@ pub fn build_fixture_sdist(fixture: &str, dest: &Path) -> PathBuf {
         .join(fixture);
     let name = format!("pyti-{fixture}-1.0");
     let archive = dest.join(format!("{name}.tar.gz"));
-    let script = r#"
-import io, os, sys, tarfile
-source, name, archive, project = sys.argv[1:5]
-pkg_info = f"Metadata-Version: 2.1\nName: {project}\nVersion: 1.0\n".encode()
-with tarfile.open(archive, "w:gz") as tar:
-    for root, dirs, files in os.walk(source):
-        dirs.sort()
-        for file in sorted(files):
-            path = os.path.join(root, file)
-            tar.add(path, arcname=os.path.join(name, os.path.relpath(path, source)))
-    info = tarfile.TarInfo(os.path.join(name, "PKG-INFO"))
-    info.size = len(pkg_info)
-    tar.addfile(info, io.BytesIO(pkg_info))
-"#;
     let status = Command::new("python3")
-        .args(["-c", script])
+        .arg(FIXTURE_BUILDER)
         .arg(&source)
         .arg(&name)
         .arg(&archive)
