@@ -112,17 +112,16 @@ async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm() {
     );
     assert_eq!(done.worker_id, worker_id);
     assert_eq!(done.outcome(), proto::Outcome::Passed);
-    let mut tasks: Vec<(&str, proto::TaskStatus)> = results
+    let tasks: Vec<(&str, proto::TaskStatus)> = results
         .tasks
         .iter()
         .map(|t| (t.task.as_str(), t.status()))
         .collect();
-    tasks.sort_unstable();
     assert_eq!(
         tasks,
         [
-            ("import", proto::TaskStatus::Passed),
-            ("install", proto::TaskStatus::Passed)
+            ("install", proto::TaskStatus::Passed),
+            ("import", proto::TaskStatus::Passed)
         ]
     );
     let dict: serde_json::Value = serde_json::from_str(&results.results_json).unwrap();

@@ -372,11 +372,12 @@ macro_rules! sql_store {
                     return Ok(StoreOutcome::Duplicate);
                 }
                 self.record_history(&mut tx, transition).await?;
-                for task in &results.tasks {
+                // `position` keeps the recipe's order for GetResults.
+                for (position, task) in results.tasks.iter().enumerate() {
                     sqlx::query(
                         "INSERT INTO task_results (job_id, attempt, task, status, duration_s, \
-                         metrics_json, log_name, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                         ON CONFLICT DO NOTHING",
+                         metrics_json, log_name, summary, position) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
                     )
                     .bind(&results.job_id)
                     .bind(i64::from(results.attempt))
@@ -386,6 +387,7 @@ macro_rules! sql_store {
                     .bind(&task.metrics_json)
                     .bind(&task.log_name)
                     .bind(&task.summary)
+                    .bind(i64::try_from(position).unwrap_or(i64::MAX))
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.fail(e))?;
@@ -437,7 +439,7 @@ macro_rules! sql_store {
                 };
                 let tasks = sqlx::query(
                     "SELECT task, status, duration_s, metrics_json, log_name, summary \
-                     FROM task_results WHERE job_id = $1 AND attempt = $2 ORDER BY task",
+                     FROM task_results WHERE job_id = $1 AND attempt = $2 ORDER BY position, task",
                 )
                 .bind(job_id)
                 .bind(attempt)

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS task_results (
     metrics_json TEXT NOT NULL,
     log_name TEXT NOT NULL,
     summary TEXT NOT NULL,
+    position BIGINT NOT NULL,
     PRIMARY KEY (job_id, attempt, task)
 );
 CREATE TABLE IF NOT EXISTS logs (
