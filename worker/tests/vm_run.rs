@@ -445,3 +445,63 @@ fn the_hostile_fixture_is_malicious_in_a_vm_as_in_host_mode() {
         .collect();
     assert_eq!(persistence, ["/etc/cron.d/pyti-fixture"]);
 }
+
+#[test]
+fn several_targets_run_in_parallel_on_the_slots() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pyti_config");
+    std::fs::write(
+        &path,
+        "[config]\ntotal_vms = 2\n\n[platform linux-debian]\nvms = 2\naccel = tcg\n",
+    )
+    .unwrap();
+    let out = vm_run(
+        Some(&path),
+        &[
+            "rarfile==4.2",
+            "docopt==0.6.2",
+            "--recipe",
+            "install",
+            "--json",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut projects: Vec<&str> = results
+        .as_array()
+        .expect("an array for several targets")
+        .iter()
+        .map(|r| r["job"]["project_name"].as_str().unwrap())
+        .collect();
+    projects.sort_unstable();
+    assert_eq!(projects, ["docopt", "rarfile"]);
+    // Both VMs were up at once: each slot booted, and the second boot began before the
+    // first job ended.
+    let booting: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("booting VM"))
+        .collect();
+    assert_eq!(booting.len(), 2, "{stderr}");
+    assert!(
+        booting.iter().any(|l| l.ends_with("linux-debian-0"))
+            && booting.iter().any(|l| l.ends_with("linux-debian-1")),
+        "{booting:?}"
+    );
+    let first_end = stderr
+        .lines()
+        .position(|l| l.contains("collect done"))
+        .unwrap();
+    let second_boot = stderr
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("booting VM"))
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(
+        second_boot < first_end,
+        "the second VM started only after the first job ended:\n{stderr}"
+    );
+}
