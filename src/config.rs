@@ -50,6 +50,27 @@ impl IniFile {
         }
     }
 
+    /// `path` read and parsed, or an empty file (every default) when there is none.
+    pub fn load_or_defaults(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(path) => Self::load(path),
+            None => Ok(Self::empty(Path::new("<defaults>"))),
+        }
+    }
+
+    /// `log_format` of `section`: true for `json`, false for `text` (the default).
+    pub fn log_json(&self, section: &str) -> Result<bool> {
+        match self.get(section, "log_format") {
+            None | Some("text") => Ok(false),
+            Some("json") => Ok(true),
+            Some(other) => Err(self.value_error(
+                section,
+                "log_format",
+                format!("{other:?} is not text or json"),
+            )),
+        }
+    }
+
     /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -260,6 +281,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[confg] : unknown section"), "{err}");
+    }
+
+    #[test]
+    fn log_format_and_defaults() {
+        assert!(!ini("[config]\n").log_json("config").unwrap());
+        assert!(ini("[config]\nlog_format = json\n")
+            .log_json("config")
+            .unwrap());
+        let err = ini("[config]\nlog_format = xml\n")
+            .log_json("config")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/pyti/pyti_config: [config] log_format: \"xml\" is not text or json"
+        );
+        let defaults = IniFile::load_or_defaults(None).unwrap();
+        assert_eq!(defaults.path(), Path::new("<defaults>"));
+        assert_eq!(defaults.get("config", "total_vms"), None);
     }
 
     #[test]

@@ -55,11 +55,7 @@ impl MasterConfig {
     /// Reads `path` (or takes every default when `None`), then applies `PYTI_MASTER_ROOT`.
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let env = |k: &str| std::env::var(k).ok();
-        let file = match path {
-            Some(p) => IniFile::load(p)?,
-            None => IniFile::empty(Path::new("<defaults>")),
-        };
-        Self::from_ini(&file, &env)
+        Self::from_ini(&IniFile::load_or_defaults(path)?, &env)
     }
 
     /// Builds the configuration from a parsed file and an environment lookup.
@@ -78,15 +74,7 @@ impl MasterConfig {
             || root.join("pyti.sqlite").display().to_string(),
             str::to_owned,
         );
-        let log_json = match file.get(c, "log_format") {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(file
-                    .value_error(c, "log_format", format!("{other:?} is not text or json"))
-                    .into())
-            }
-        };
+        let log_json = file.log_json(c)?;
         Ok(Self {
             listen: file
                 .get_parsed(c, "listen", "a socket address such as 127.0.0.1:50051")?

@@ -131,11 +131,7 @@ impl WorkerConfig {
     /// (`PYTI_SLAVE_ROOT`).
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let env = |k: &str| std::env::var(k).ok();
-        let file = match path {
-            Some(p) => IniFile::load(p)?,
-            None => IniFile::empty(Path::new("<defaults>")),
-        };
-        Self::from_ini(&file, &env)
+        Self::from_ini(&IniFile::load_or_defaults(path)?, &env)
     }
 
     /// Builds the configuration from a parsed file and an environment lookup.
@@ -172,15 +168,7 @@ impl WorkerConfig {
         let advertise = file
             .get(c, "advertise")
             .map_or_else(|| format!("http://{listen}"), str::to_owned);
-        let log_json = match file.get(c, "log_format") {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(file
-                    .value_error(c, "log_format", format!("{other:?} is not text or json"))
-                    .into())
-            }
-        };
+        let log_json = file.log_json(c)?;
         let mut platforms = Vec::new();
         let names = file.sections_named("platform");
         // Platforms that do not say share the host's VMs evenly.
