@@ -9,24 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{spec, submit, wait_ended, Master, Runs, Worker};
-use pyti::proto::{self, JobState};
+use pyti::proto::JobState;
 
 const PLATFORM: &str = "linux-debian";
-
-async fn running_on(
-    jobs: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
-    worker_id: &str,
-) -> Vec<proto::Job> {
-    jobs.list_jobs(proto::ListJobsRequest {
-        states: vec![JobState::Running as i32],
-        worker_id: worker_id.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .jobs
-}
 
 /// Restarts the RabbitMQ application, and makes sure it is started again even when
 /// the test fails half-way.
@@ -82,21 +67,7 @@ async fn a_rabbitmq_restart_loses_no_queued_or_running_job() {
     )
     .await;
     let mut jobs = master.jobs().await;
-    common::wait_until("the worker registered", Duration::from_secs(20), || {
-        let mut jobs = jobs.clone();
-        async move {
-            submit(
-                &mut jobs,
-                spec("probe", "1.0", PLATFORM, &["nothing"]),
-                false,
-            )
-            .await
-            .unwrap_err()
-            .message()
-            .contains("linux-debian[]")
-        }
-    })
-    .await;
+    common::wait_offered(&jobs, PLATFORM, Duration::from_secs(20)).await;
     let mut ids = Vec::new();
     for n in 0..8 {
         ids.push(
@@ -113,7 +84,7 @@ async fn a_rabbitmq_restart_loses_no_queued_or_running_job() {
     common::wait_until("two jobs running", Duration::from_secs(30), || {
         let mut jobs = jobs.clone();
         let id = id.clone();
-        async move { running_on(&mut jobs, &id).await.len() == 2 }
+        async move { common::running_on(&mut jobs, &id).await.len() == 2 }
     })
     .await;
     {

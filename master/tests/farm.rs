@@ -381,21 +381,7 @@ async fn cancel_stops_a_running_job_through_its_worker() {
     )
     .await;
     let mut jobs = master.jobs().await;
-    common::wait_until("the worker registered", Duration::from_secs(20), || {
-        let mut jobs = jobs.clone();
-        async move {
-            submit(
-                &mut jobs,
-                spec("probe", "1.0", PLATFORM, &["nothing"]),
-                false,
-            )
-            .await
-            .unwrap_err()
-            .message()
-            .contains("linux-debian[]")
-        }
-    })
-    .await;
+    common::wait_offered(&jobs, PLATFORM, Duration::from_secs(20)).await;
     let job = submit(&mut jobs, spec("slow", "1.0", PLATFORM, &[]), false)
         .await
         .unwrap();

@@ -36,21 +36,6 @@ async fn count_stored(master: &Master, ids: &[String]) {
     }
 }
 
-async fn running_on(
-    jobs: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
-    worker_id: &str,
-) -> Vec<proto::Job> {
-    jobs.list_jobs(proto::ListJobsRequest {
-        states: vec![JobState::Running as i32],
-        worker_id: worker_id.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .jobs
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_s_jobs_finish_on_the_other_worker() {
     let prefix = common::prefix();
@@ -110,11 +95,11 @@ async fn a_killed_worker_s_jobs_finish_on_the_other_worker() {
         || {
             let mut jobs = jobs.clone();
             let id = doomed_id.clone();
-            async move { running_on(&mut jobs, &id).await.len() == 2 }
+            async move { common::running_on(&mut jobs, &id).await.len() == 2 }
         },
     )
     .await;
-    let lost: Vec<String> = running_on(&mut jobs, &doomed_id)
+    let lost: Vec<String> = common::running_on(&mut jobs, &doomed_id)
         .await
         .into_iter()
         .map(|j| j.job_id)
@@ -326,30 +311,11 @@ async fn past_the_attempt_limit_a_job_is_dead_and_in_the_dead_queue() {
     )
     .await;
     let mut jobs = master.jobs().await;
-    common::wait_until("the worker registered", Duration::from_secs(20), || {
-        let mut jobs = jobs.clone();
-        async move {
-            submit(
-                &mut jobs,
-                spec("probe", "1.0", PLATFORM, &["nothing"]),
-                false,
-            )
-            .await
-            .unwrap_err()
-            .message()
-            .contains("linux-debian[]")
-        }
-    })
-    .await;
+    common::wait_offered(&jobs, PLATFORM, Duration::from_secs(20)).await;
     let job = submit(&mut jobs, spec("poison", "1.0", PLATFORM, &[]), false)
         .await
         .unwrap();
-    common::wait_until("the job running", Duration::from_secs(20), || {
-        let mut jobs = jobs.clone();
-        let id = id.clone();
-        async move { !running_on(&mut jobs, &id).await.is_empty() }
-    })
-    .await;
+    common::wait_running_on(&jobs, &id, Duration::from_secs(20)).await;
     let later = pyti_master::convert::now_ms() + 3_600_000;
     assert_eq!(master.farm.reap_lapsed_leases(later).await.unwrap(), 1);
     let dead = jobs

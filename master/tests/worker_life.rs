@@ -25,21 +25,6 @@ fn kill_9(child: &mut Child) {
     child.wait().unwrap();
 }
 
-async fn running_on(
-    jobs: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
-    worker_id: &str,
-) -> Vec<proto::Job> {
-    jobs.list_jobs(proto::ListJobsRequest {
-        states: vec![JobState::Running as i32],
-        worker_id: worker_id.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .jobs
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_worker_sends_the_results_it_had_spooled() {
     use pyti::proto::results_message::Message as M;
@@ -56,30 +41,11 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
     let root = dir.path().join("w");
     let mut child = spawn_worker_process(&master.address, &prefix, &id, &root, 1, 600_000);
     let mut jobs = master.jobs().await;
-    common::wait_until("the worker registered", Duration::from_secs(60), || {
-        let mut jobs = jobs.clone();
-        async move {
-            submit(
-                &mut jobs,
-                spec("probe", "1.0", PLATFORM, &["nothing"]),
-                false,
-            )
-            .await
-            .unwrap_err()
-            .message()
-            .contains("linux-debian[]")
-        }
-    })
-    .await;
+    common::wait_offered(&jobs, PLATFORM, Duration::from_secs(60)).await;
     let job = submit(&mut jobs, spec("spooled", "1.0", PLATFORM, &[]), false)
         .await
         .unwrap();
-    common::wait_until("the job running", Duration::from_secs(30), || {
-        let mut jobs = jobs.clone();
-        let id = id.clone();
-        async move { !running_on(&mut jobs, &id).await.is_empty() }
-    })
-    .await;
+    common::wait_running_on(&jobs, &id, Duration::from_secs(30)).await;
     kill_9(&mut child);
     // As if the worker had finished and spooled the results just before it died.
     let messages = vec![
@@ -186,12 +152,7 @@ async fn a_drained_worker_finishes_what_runs_and_takes_nothing_new() {
     let first = submit(&mut jobs, spec("before-drain", "1.0", PLATFORM, &[]), false)
         .await
         .unwrap();
-    common::wait_until("the job running", Duration::from_secs(30), || {
-        let mut jobs = jobs.clone();
-        let id = id.clone();
-        async move { !running_on(&mut jobs, &id).await.is_empty() }
-    })
-    .await;
+    common::wait_running_on(&jobs, &id, Duration::from_secs(30)).await;
     let drained = registry
         .drain_worker(proto::DrainWorkerRequest {
             worker_id: id.clone(),

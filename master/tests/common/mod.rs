@@ -466,3 +466,46 @@ pub fn spawn_worker_process(
         .spawn()
         .unwrap()
 }
+
+/// The jobs recorded RUNNING on `worker_id`.
+pub async fn running_on(jobs: &mut JobServiceClient<Channel>, worker_id: &str) -> Vec<proto::Job> {
+    jobs.list_jobs(proto::ListJobsRequest {
+        states: vec![JobState::Running as i32],
+        worker_id: worker_id.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .jobs
+}
+
+/// Waits until a worker registered `platform`: a probe for a variant nobody offers is
+/// refused with the list of what the farm offers, which then names the platform.
+pub async fn wait_offered(jobs: &JobServiceClient<Channel>, platform: &str, limit: Duration) {
+    wait_until("the worker registered", limit, || {
+        let mut jobs = jobs.clone();
+        async move {
+            submit(
+                &mut jobs,
+                spec("probe", "1.0", platform, &["nothing"]),
+                false,
+            )
+            .await
+            .unwrap_err()
+            .message()
+            .contains(&format!("{platform}[]"))
+        }
+    })
+    .await;
+}
+
+/// Waits until some job is recorded RUNNING on `worker_id`.
+pub async fn wait_running_on(jobs: &JobServiceClient<Channel>, worker_id: &str, limit: Duration) {
+    wait_until("the job running", limit, || {
+        let mut jobs = jobs.clone();
+        let worker_id = worker_id.to_owned();
+        async move { !running_on(&mut jobs, &worker_id).await.is_empty() }
+    })
+    .await;
+}
