@@ -8,6 +8,7 @@
 
 pub mod behaviour;
 pub mod job;
+pub mod outcome;
 pub mod recipe;
 pub mod results;
 pub mod runner;

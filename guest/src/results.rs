@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::behaviour::{BehaviourReport, Rule, Verdict};
 use crate::job::{InputRole, JobIdentity};
+pub use crate::outcome::Outcome;
 use crate::recipe::TaskKind;
 
 /// Version of the results format written by this build.
@@ -245,55 +246,6 @@ pub struct ToolCounts {
     pub by_code: BTreeMap<String, u64>,
 }
 
-/// How a job ended: the closed set of outcomes (stable snake_case strings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Every task passed.
-    Passed,
-    /// Package: pip could not install it.
-    InstallFailed,
-    /// Package: a top-level module does not import.
-    ImportFailed,
-    /// Package: its own tests fail.
-    TestsFailed,
-    /// Package: the behaviour verdict is malicious.
-    HarmfulBehaviour,
-    /// Package: the behaviour verdict is suspicious.
-    SuspiciousBehaviour,
-    /// Package: installing wrote files outside the environment.
-    WroteOutsideEnvironment,
-    /// Package: pycodestyle or pyflakes found problems.
-    QualityIssues,
-    /// Farm: the agent could not run a task or crashed.
-    AgentError,
-    /// Farm: a task or the whole VM ran past its deadline.
-    Deadline,
-    /// Farm: an input file on the IO disk does not match its announced sha256.
-    InputMismatch,
-    /// Farm: the IO disk or its job could not be read or written.
-    DiskError,
-    /// Farm: the VM did not boot (set by the host).
-    VmDidNotBoot,
-    /// Farm: the worker went away mid-job (set by the host).
-    WorkerLost,
-}
-
-impl Outcome {
-    /// True for the farm's faults: retried, never counted against the package.
-    pub fn is_farm_fault(self) -> bool {
-        matches!(
-            self,
-            Outcome::AgentError
-                | Outcome::Deadline
-                | Outcome::InputMismatch
-                | Outcome::DiskError
-                | Outcome::VmDidNotBoot
-                | Outcome::WorkerLost
-        )
-    }
-}
-
 fn metrics_of(task: &TaskResult) -> Option<&TaskMetrics> {
     task.metrics.as_ref()
 }
@@ -373,7 +325,7 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
         );
     }
     if let Some(task) = find(TaskKind::Quality).filter(|t| t.status == TaskStatus::Failed) {
-        return (Outcome::QualityIssues, format!("quality: {}", task.message));
+        return (Outcome::QualityFailed, format!("quality: {}", task.message));
     }
     (
         Outcome::Passed,

@@ -168,7 +168,7 @@ fn outcomes_follow_the_precedence() {
         ),
         (
             vec![passed(Install), task(Quality, Failed, None)],
-            Outcome::QualityIssues,
+            Outcome::QualityFailed,
         ),
         (
             vec![
@@ -217,40 +217,6 @@ fn outcomes_follow_the_precedence() {
         assert_eq!(outcome, expected, "{tasks:?}");
         assert!(!detail.is_empty());
     }
-}
-
-#[test]
-fn farm_faults_are_exactly_the_farm_outcomes() {
-    let farm: Vec<Outcome> = [
-        Outcome::Passed,
-        Outcome::InstallFailed,
-        Outcome::ImportFailed,
-        Outcome::TestsFailed,
-        Outcome::HarmfulBehaviour,
-        Outcome::SuspiciousBehaviour,
-        Outcome::WroteOutsideEnvironment,
-        Outcome::QualityIssues,
-        Outcome::AgentError,
-        Outcome::Deadline,
-        Outcome::InputMismatch,
-        Outcome::DiskError,
-        Outcome::VmDidNotBoot,
-        Outcome::WorkerLost,
-    ]
-    .into_iter()
-    .filter(|o| o.is_farm_fault())
-    .collect();
-    assert_eq!(
-        farm,
-        vec![
-            Outcome::AgentError,
-            Outcome::Deadline,
-            Outcome::InputMismatch,
-            Outcome::DiskError,
-            Outcome::VmDidNotBoot,
-            Outcome::WorkerLost
-        ]
-    );
 }
 
 #[test]

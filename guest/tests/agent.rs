@@ -259,7 +259,7 @@ fn writes_outside_the_environment_are_found_by_snapshot_and_trace() {
 fn pep8_errors_are_counted_by_code() {
     let run = run_fixture("pep8", full_recipe());
     expect_statuses(&run, [Passed, Passed, Passed, Passed, Failed, Skipped]);
-    assert_eq!(run.results.outcome, Outcome::QualityIssues);
+    assert_eq!(run.results.outcome, Outcome::QualityFailed);
     let quality = quality(&run);
     assert_eq!(
         quality.pycodestyle.by_code,

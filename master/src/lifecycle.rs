@@ -36,17 +36,7 @@ pub fn finish(outcome: Outcome, attempt: u32, max_attempts: u32, cancel_requeste
     }
     match outcome {
         Outcome::Passed => Finish::End(JobState::Succeeded),
-        Outcome::VmBootFailed
-        | Outcome::Deadline
-        | Outcome::DiskError
-        | Outcome::WorkerLost
-        | Outcome::IndexUnreachable
-        | Outcome::AgentError
-        | Outcome::InputMismatch
-            if attempt < max_attempts =>
-        {
-            Finish::Retry
-        }
+        farm if farm.is_farm_fault() && attempt < max_attempts => Finish::Retry,
         Outcome::Deadline => Finish::End(JobState::TimedOut),
         _ => Finish::End(JobState::Failed),
     }

@@ -3,6 +3,8 @@
 
 pub mod jobspec;
 pub mod names;
+pub mod outcome;
 
 pub use crate::error::FieldError;
 pub use jobspec::JobSpec;
+pub use outcome::Outcome;

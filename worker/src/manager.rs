@@ -34,7 +34,7 @@ use crate::vms::{
 mod error;
 mod runner;
 pub use error::{FailureKind, RunError};
-pub use runner::{protocol_outcome, report_of_error, report_of_run};
+pub use runner::{report_of_error, report_of_run};
 
 /// Where the guest image keeps its ready virtualenv and interpreter.
 const GUEST_VENV: &str = "/opt/pyti/venv";

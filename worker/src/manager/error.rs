@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use pyti_guest::outcome::Outcome;
+
 use crate::diskhandler;
 use crate::image::ImageError;
 use crate::pypidownload;
@@ -134,21 +136,38 @@ impl RunError {
         }
     }
 
-    /// Whose fault this is.
-    pub fn kind(&self) -> FailureKind {
+    /// The outcome a run that ended with this error has: the one taxonomy decides
+    /// whose fault it is.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::Download(e) if e.is_transient() => FailureKind::Farm,
+            Self::Cancelled => Outcome::Cancelled,
+            // A download that failed on the farm's side (the index, the cache, a
+            // corrupted transfer) is retried; anything else is what was asked.
+            Self::Download(e) if e.is_transient() => Outcome::IndexUnreachable,
             Self::Download(
                 pypidownload::Error::Io { .. }
                 | pypidownload::Error::Internal(_)
                 | pypidownload::Error::HashMismatch { .. },
-            ) => FailureKind::Farm,
-            Self::Download(_) => FailureKind::Package,
+            ) => Outcome::IndexUnreachable,
+            Self::Download(_) => Outcome::ResolutionFailed,
+            Self::Deadline { .. } => Outcome::Deadline,
+            Self::Boot(_) | Self::NoAgent { .. } | Self::Image(_) => Outcome::VmBootFailed,
+            Self::Disk(_) | Self::Io { .. } => Outcome::DiskError,
+            _ => Outcome::AgentError,
+        }
+    }
+
+    /// Whose fault this is.
+    pub fn kind(&self) -> FailureKind {
+        match self {
             Self::Recipe(_) | Self::UnknownPlatform { .. } | Self::UnknownVariants { .. } => {
                 FailureKind::Request
             }
-            Self::Cancelled => FailureKind::Cancelled,
-            _ => FailureKind::Farm,
+            _ => match self.outcome() {
+                Outcome::Cancelled => FailureKind::Cancelled,
+                farm if farm.is_farm_fault() => FailureKind::Farm,
+                _ => FailureKind::Package,
+            },
         }
     }
 }

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use pyti::model::JobSpec;
 use pyti::proto::{self, Outcome, QueuedJob};
-use pyti_guest::results::{Outcome as GuestOutcome, Results, TaskStatus};
+use pyti_guest::results::{Results, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::{FailureKind, JobReport as RunReport, JobRequest, Manager, RunError};
+use super::{JobReport as RunReport, JobRequest, Manager, RunError};
 use crate::farm::{JobReport, JobRunner};
 
 /// Largest log sent to the master per task (the guest caps its logs too).
@@ -68,7 +68,7 @@ impl JobRunner for Manager {
 pub fn report_of_run(run: &RunReport) -> JobReport {
     let results = &run.results;
     JobReport {
-        outcome: protocol_outcome(results.outcome),
+        outcome: results.outcome.into(),
         tasks: results.tasks.iter().map(task_result).collect(),
         logs: read_logs(&run.results_dir, results),
         results_json: serde_json::to_string(results).unwrap_or_default(),
@@ -85,41 +85,10 @@ pub fn report_of_run(run: &RunReport) -> JobReport {
 
 /// The farm report of a run that produced no results.
 pub fn report_of_error(error: &RunError) -> JobReport {
-    let outcome = match (error.kind(), error) {
-        (FailureKind::Cancelled, _) => Outcome::Cancelled,
-        (FailureKind::Package, _) => Outcome::ResolutionFailed,
-        (_, RunError::Deadline { .. }) => Outcome::Deadline,
-        (_, RunError::Boot(_) | RunError::NoAgent { .. } | RunError::Image(_)) => {
-            Outcome::VmBootFailed
-        }
-        (_, RunError::Disk(_) | RunError::Io { .. }) => Outcome::DiskError,
-        (_, RunError::Download(_)) => Outcome::IndexUnreachable,
-        _ => Outcome::AgentError,
-    };
     JobReport {
-        outcome,
+        outcome: error.outcome().into(),
         error: error.to_string(),
         ..Default::default()
-    }
-}
-
-/// The protocol's outcome for the guest's.
-pub fn protocol_outcome(outcome: GuestOutcome) -> Outcome {
-    match outcome {
-        GuestOutcome::Passed => Outcome::Passed,
-        GuestOutcome::InstallFailed => Outcome::InstallFailed,
-        GuestOutcome::ImportFailed => Outcome::ImportFailed,
-        GuestOutcome::TestsFailed => Outcome::TestsFailed,
-        GuestOutcome::HarmfulBehaviour => Outcome::HarmfulBehaviour,
-        GuestOutcome::SuspiciousBehaviour => Outcome::SuspiciousBehaviour,
-        GuestOutcome::WroteOutsideEnvironment => Outcome::WroteOutsideEnvironment,
-        GuestOutcome::QualityIssues => Outcome::QualityFailed,
-        GuestOutcome::AgentError => Outcome::AgentError,
-        GuestOutcome::Deadline => Outcome::Deadline,
-        GuestOutcome::InputMismatch => Outcome::InputMismatch,
-        GuestOutcome::DiskError => Outcome::DiskError,
-        GuestOutcome::VmDidNotBoot => Outcome::VmBootFailed,
-        GuestOutcome::WorkerLost => Outcome::WorkerLost,
     }
 }
 
@@ -166,38 +135,6 @@ fn read_logs(results_dir: &Path, results: &Results) -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_guest_outcome_keeps_its_side() {
-        use GuestOutcome::*;
-        for outcome in [
-            Passed,
-            InstallFailed,
-            ImportFailed,
-            TestsFailed,
-            HarmfulBehaviour,
-            SuspiciousBehaviour,
-            WroteOutsideEnvironment,
-            QualityIssues,
-            AgentError,
-            Deadline,
-            InputMismatch,
-            DiskError,
-            VmDidNotBoot,
-            WorkerLost,
-        ] {
-            let farm = matches!(
-                protocol_outcome(outcome),
-                Outcome::AgentError
-                    | Outcome::Deadline
-                    | Outcome::InputMismatch
-                    | Outcome::DiskError
-                    | Outcome::VmBootFailed
-                    | Outcome::WorkerLost
-            );
-            assert_eq!(farm, outcome.is_farm_fault(), "{outcome:?}");
-        }
-    }
 
     #[test]
     fn errors_become_outcomes_by_fault() {
