@@ -11,10 +11,9 @@ use tokio_stream::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::jobs::{
-    JobEvent, JobPage, JobResults, LeaseKey, ListQuery, Renewal, ResultsReport, ResultsStored,
-    Start, Submission,
+    JobEvent, JobPage, JobResults, LeaseKey, ListQuery, Renewal, ResultsStored, Start, Submission,
 };
-use crate::store::{HistoryRow, JobRow, Millis, TaskRow};
+use crate::store::{AttemptResults, HistoryRow, JobRow, Millis, TaskRow};
 use crate::workers::{Capacity, PlatformCapacity, Registered, Registration, WorkerView};
 
 /// A protobuf timestamp for `ms` since the epoch.
@@ -197,10 +196,11 @@ pub fn renew_response(renewal: &Renewal) -> proto::RenewLeaseResponse {
 }
 
 /// Reads a whole `ReportResults` stream: a header first, task results and log chunks
-/// (put together by offset), a final record last.
+/// (put together by offset), a final record last. `stored_at_ms` is left for the
+/// master to set when it stores them.
 pub async fn gather_results(
     mut stream: impl Stream<Item = std::result::Result<proto::ResultsMessage, tonic::Status>> + Unpin,
-) -> Result<ResultsReport> {
+) -> Result<AttemptResults> {
     use proto::results_message::Message as M;
     let (mut header, mut last) = (None, None);
     let mut tasks = Vec::new();
@@ -224,7 +224,7 @@ pub async fn gather_results(
             "a results stream needs a header first and a final record last".to_owned(),
         ));
     };
-    Ok(ResultsReport {
+    Ok(AttemptResults {
         outcome: last.outcome(),
         job_id: header.job_id,
         attempt: header.attempt,
@@ -236,6 +236,7 @@ pub async fn gather_results(
             .into_iter()
             .map(|(name, chunks)| (name, chunks.into_values().flatten().collect()))
             .collect(),
+        stored_at_ms: 0,
     })
 }
 
@@ -249,6 +250,25 @@ pub fn results_ack(job_id: String, attempt: u32, stored: ResultsStored) -> proto
     }
 }
 
+/// One platform's slots as `$to` from `$from`, which names its fields alike (the
+/// protocol's and the master's type).
+macro_rules! platform_capacity {
+    ($to:path, $from:expr) => {{
+        let p = $from;
+        $to {
+            platform: p.platform.clone(),
+            variants: p.variants.clone(),
+            total: p.total,
+            ready: p.ready,
+            preparing: p.preparing,
+            running: p.running,
+            collecting: p.collecting,
+            rolling_back: p.rolling_back,
+            broken: p.broken,
+        }
+    }};
+}
+
 /// A worker's capacity report.
 pub fn capacity(message: proto::Capacity) -> Capacity {
     Capacity {
@@ -256,17 +276,7 @@ pub fn capacity(message: proto::Capacity) -> Capacity {
         platforms: message
             .platforms
             .into_iter()
-            .map(|p| PlatformCapacity {
-                platform: p.platform,
-                variants: p.variants,
-                total: p.total,
-                ready: p.ready,
-                preparing: p.preparing,
-                running: p.running,
-                collecting: p.collecting,
-                rolling_back: p.rolling_back,
-                broken: p.broken,
-            })
+            .map(|p| platform_capacity!(PlatformCapacity, p))
             .collect(),
         draining: message.draining,
         at_ms: message.at.as_ref().map(millis),
@@ -280,17 +290,7 @@ pub fn capacity_message(capacity: &Capacity) -> proto::Capacity {
         platforms: capacity
             .platforms
             .iter()
-            .map(|p| proto::PlatformCapacity {
-                platform: p.platform.clone(),
-                variants: p.variants.clone(),
-                total: p.total,
-                ready: p.ready,
-                preparing: p.preparing,
-                running: p.running,
-                collecting: p.collecting,
-                rolling_back: p.rolling_back,
-                broken: p.broken,
-            })
+            .map(|p| platform_capacity!(proto::PlatformCapacity, p))
             .collect(),
         draining: capacity.draining,
         at: capacity.at_ms.map(timestamp),

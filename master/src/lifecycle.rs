@@ -3,8 +3,7 @@
 
 use pyti::proto::{JobState, Outcome};
 
-use crate::jobs::ResultsReport;
-use crate::store::{JobRow, Millis, Transition, LIVE_STATES};
+use crate::store::{AttemptResults, JobRow, Millis, Transition, LIVE_STATES};
 
 /// What becomes of a job whose attempt ended with `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +39,12 @@ pub fn lapse(job: &JobRow, max_attempts: u32) -> Finish {
     }
 }
 
-/// The transition that records the results of `report` for `job`, whose fate they
+/// The transition that records the results `report` of an attempt of `job`, whose fate they
 /// decided: the job ends in a state, or goes back to QUEUED for its next attempt.
 /// It applies from any live state: results are worth more than a lease that lapsed.
 pub fn after_results(
     job: &JobRow,
-    report: &ResultsReport,
+    report: &AttemptResults,
     fate: Finish,
     at_ms: Millis,
 ) -> Transition {
@@ -214,7 +213,7 @@ mod tests {
     #[test]
     fn results_end_the_job_or_queue_the_next_attempt() {
         let job = running_job();
-        let report = ResultsReport {
+        let report = AttemptResults {
             job_id: "j".into(),
             attempt: 1,
             worker_id: "w".into(),
@@ -223,6 +222,7 @@ mod tests {
             error: "no boot".into(),
             tasks: vec![],
             logs: vec![],
+            stored_at_ms: 5,
         };
         let retry = after_results(&job, &report, Finish::Retry, 5);
         assert_eq!(

@@ -22,7 +22,7 @@ use pyti::proto::{JobState, Outcome};
 use tokio::sync::broadcast;
 
 pub use leases::{LeaseKey, Renewal, Start};
-pub use results::{ResultsReport, ResultsStored};
+pub use results::ResultsStored;
 pub use watch::JobEvent;
 
 use crate::broker::{Broker, QueueKind};

@@ -1,33 +1,10 @@
 //! An attempt's results: stored with the job's transition in one store call, then
 //! told to watchers; a farm fault with attempts left queues the job again.
 
-use pyti::proto::Outcome;
-
 use super::{JobEvent, Jobs};
 use crate::error::Result;
 use crate::lifecycle::{self, Finish};
-use crate::store::{AttemptResults, StoreOutcome, TaskRow};
-
-/// Everything a worker reported about one attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResultsReport {
-    /// The job.
-    pub job_id: String,
-    /// The attempt.
-    pub attempt: u32,
-    /// The worker that ran it.
-    pub worker_id: String,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The whole results dict.
-    pub results_json: String,
-    /// Farm error in words (empty for none).
-    pub error: String,
-    /// Task results.
-    pub tasks: Vec<TaskRow>,
-    /// Logs: name → content.
-    pub logs: Vec<(String, Vec<u8>)>,
-}
+use crate::store::{AttemptResults, StoreOutcome};
 
 /// What became of reported results (they are durable either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,29 +14,19 @@ pub struct ResultsStored {
 }
 
 impl Jobs {
-    /// Stores the results of one attempt and moves the job on; answers once they are
-    /// durable.
-    pub async fn record_results(&self, report: ResultsReport) -> Result<ResultsStored> {
-        let job = self.job(&report.job_id).await?;
-        let now = self.runtime.now_ms();
+    /// Stores the results a worker reported for one attempt and moves the job on;
+    /// answers once they are durable. `stored_at_ms` is set here, by the master's
+    /// clock.
+    pub async fn record_results(&self, mut results: AttemptResults) -> Result<ResultsStored> {
+        let job = self.job(&results.job_id).await?;
+        results.stored_at_ms = self.runtime.now_ms();
         let fate = lifecycle::finish(
-            report.outcome,
-            report.attempt,
+            results.outcome,
+            results.attempt,
             self.settings.max_attempts,
             job.cancel_requested,
         );
-        let transition = lifecycle::after_results(&job, &report, fate, now);
-        let results = AttemptResults {
-            job_id: report.job_id,
-            attempt: report.attempt,
-            worker_id: report.worker_id,
-            outcome: report.outcome,
-            results_json: report.results_json,
-            error: report.error,
-            tasks: report.tasks,
-            logs: report.logs,
-            stored_at_ms: now,
-        };
+        let transition = lifecycle::after_results(&job, &results, fate, results.stored_at_ms);
         let job = match self.store.store_results(&results, &transition).await? {
             StoreOutcome::Duplicate => return Ok(ResultsStored { duplicate: true }),
             StoreOutcome::Stored(job) => *job,
