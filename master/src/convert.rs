@@ -9,10 +9,12 @@ use pyti::model::JobSpec;
 use pyti::proto::{self, JobState};
 use tokio_stream::{Stream, StreamExt};
 
+use crate::dispatch::Queued;
 use crate::error::{Error, Result};
 use crate::jobs::{
     JobEvent, JobPage, JobResults, LeaseKey, ListQuery, Renewal, ResultsStored, Start, Submission,
 };
+use crate::scheduler::Requirement;
 use crate::store::{AttemptResults, HistoryRow, JobRow, Millis, TaskRow};
 use crate::workers::{Capacity, PlatformCapacity, Registered, Registration, WorkerView};
 
@@ -356,6 +358,18 @@ pub fn queued(job: &JobRow, reason: &str) -> proto::QueuedJob {
     }
 }
 
+/// What the dispatcher needs of a queue message (a `QueuedJob`); `None` when the
+/// bytes are not one.
+pub fn queued_of(data: &[u8]) -> Option<Queued> {
+    let message = proto::QueuedJob::decode(data).ok()?;
+    let spec = message.spec.unwrap_or_default();
+    Some(Queued {
+        job_id: message.job_id,
+        attempt: message.attempt,
+        requirement: Requirement::new(&spec.platform_identifier, &spec.platform_variants),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +406,35 @@ mod tests {
             capacity_from_blob(b"\xff not protobuf"),
             Capacity::default()
         );
+    }
+
+    #[test]
+    fn a_queued_job_message_names_its_job_attempt_and_requirement() {
+        let spec = JobSpec::from_requirement("x==1", None, Some("linux-debian"), &[]).unwrap();
+        let row = JobRow {
+            job_id: "j".into(),
+            spec,
+            resolved_version: String::new(),
+            state: JobState::Queued,
+            attempt: 3,
+            worker_id: String::new(),
+            outcome: proto::Outcome::Unspecified,
+            submitted_at_ms: 0,
+            updated_at_ms: 0,
+            lease_deadline_ms: None,
+            cancel_requested: false,
+            history: vec![],
+        };
+        let message = queued(&row, "why").encode_to_vec();
+        assert_eq!(
+            queued_of(&message),
+            Some(Queued {
+                job_id: "j".into(),
+                attempt: 3,
+                requirement: Requirement::new("linux-debian", &[]),
+            })
+        );
+        assert_eq!(queued_of(b"\xff not protobuf"), None);
     }
 
     #[test]

@@ -15,12 +15,11 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
-use prost::Message;
-use pyti::proto::QueuedJob;
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, Notify};
 
 use crate::broker::{Broker, QueueKind, Session};
+use crate::convert;
 use crate::jobs::Jobs;
 use crate::runtime::Runtime;
 use crate::scheduler::Requirement;
@@ -76,6 +75,17 @@ impl DispatchSignals {
     }
 }
 
+/// What the dispatcher reads of a queue message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The job.
+    pub job_id: String,
+    /// The attempt the message is for.
+    pub attempt: u32,
+    /// What the job needs from a VM.
+    pub requirement: Requirement,
+}
+
 /// A delivery from one of the master's queues.
 struct Incoming {
     generation: u64,
@@ -86,8 +96,7 @@ struct Incoming {
 /// A platform delivery waiting for a VM.
 struct Waiting {
     generation: u64,
-    job: QueuedJob,
-    requirement: Requirement,
+    job: Queued,
     delivery: Delivery,
 }
 
@@ -289,7 +298,7 @@ impl Dispatch {
     }
 
     async fn arrive(&self, incoming: Incoming, waiting: &mut Vec<Waiting>) {
-        let Ok(job) = QueuedJob::decode(incoming.delivery.data.as_slice()) else {
+        let Some(job) = convert::queued_of(&incoming.delivery.data) else {
             tracing::error!(queue = %incoming.delivery.routing_key, "Dropping a message that is not a QueuedJob");
             ack(&incoming.delivery).await;
             return;
@@ -311,10 +320,8 @@ impl Dispatch {
             ack(&incoming.delivery).await;
             return;
         }
-        let spec = job.spec.clone().unwrap_or_default();
         waiting.push(Waiting {
             generation: incoming.generation,
-            requirement: Requirement::new(&spec.platform_identifier, &spec.platform_variants),
             job,
             delivery: incoming.delivery,
         });
@@ -326,7 +333,7 @@ impl Dispatch {
         }
         let requests: Vec<(String, Requirement)> = waiting
             .iter()
-            .map(|w| (w.job.job_id.clone(), w.requirement.clone()))
+            .map(|w| (w.job.job_id.clone(), w.job.requirement.clone()))
             .collect();
         let placed = self.workers.plan(&requests);
         if placed.is_empty() {
@@ -377,8 +384,7 @@ impl Dispatch {
                 return Placed::Retry;
             }
         };
-        let mut message = waiting.job.clone();
-        message.reason = format!("assigned to {worker_id}");
+        let message = convert::queued(&assigned, &format!("assigned to {worker_id}"));
         let queue = self.broker.topology.worker_queue(worker_id);
         if let Err(error) = self
             .broker
