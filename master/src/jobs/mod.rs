@@ -116,7 +116,7 @@ impl Jobs {
     }
 
     /// Applies a transition and tells watchers; `None` when its condition failed.
-    pub(crate) async fn transition(&self, transition: &Transition) -> Result<Option<JobRow>> {
+    async fn transition(&self, transition: &Transition) -> Result<Option<JobRow>> {
         let job = self.store.transition(transition).await?;
         if let Some(job) = &job {
             self.announce(JobEvent::Job(job.clone()));
