@@ -1,8 +1,22 @@
-//! Stored rows to protocol messages and back, at the gRPC edge.
+//! Protocol messages to the master's plain types and back: the only place the two
+//! meet. The gRPC services (`service`), the worker control client and the stored
+//! capacity blob call these; the core never handles a prost message.
 
-use pyti::proto;
+use std::collections::BTreeMap;
 
+use prost::Message;
+use pyti::model::JobSpec;
+use pyti::proto::{self, JobState};
+use tokio_stream::{Stream, StreamExt};
+
+use crate::dispatch::Queued;
+use crate::error::{Error, Result};
+use crate::jobs::{
+    JobEvent, JobPage, JobResults, LeaseKey, ListQuery, Renewal, ResultsStored, Start, Submission,
+};
+use crate::scheduler::Requirement;
 use crate::store::{AttemptResults, HistoryRow, JobRow, Millis, TaskRow};
+use crate::workers::{Capacity, PlatformCapacity, Registered, Registration, WorkerView};
 
 /// A protobuf timestamp for `ms` since the epoch.
 pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
@@ -12,12 +26,11 @@ pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
     }
 }
 
-/// Milliseconds since the epoch now.
-pub fn now_ms() -> Millis {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+/// Milliseconds since the epoch of a protobuf timestamp (sub-millisecond dropped).
+pub fn millis(at: &prost_types::Timestamp) -> Millis {
+    at.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(at.nanos.div_euclid(1_000_000)))
 }
 
 /// The protocol view of a stored job.
@@ -74,15 +87,16 @@ pub fn task_row(message: &proto::TaskResult) -> TaskRow {
 }
 
 /// The protocol view of a job and its stored results.
-pub fn results(job_row: &JobRow, stored: Option<&AttemptResults>) -> proto::JobResults {
-    let Some(stored) = stored else {
+pub fn results(results: &JobResults) -> proto::JobResults {
+    let job = Some(job(&results.job));
+    let Some(stored) = &results.stored else {
         return proto::JobResults {
-            job: Some(job(job_row)),
+            job,
             ..Default::default()
         };
     };
     proto::JobResults {
-        job: Some(job(job_row)),
+        job,
         tasks: stored
             .tasks
             .iter()
@@ -93,7 +107,353 @@ pub fn results(job_row: &JobRow, stored: Option<&AttemptResults>) -> proto::JobR
     }
 }
 
-/// The state's name as people read it.
-pub fn state_name(state: proto::JobState) -> &'static str {
-    state.as_str_name()
+/// A job to submit, validated.
+pub fn submission(request: proto::SubmitJobRequest) -> Result<Submission> {
+    Ok(Submission {
+        spec: JobSpec::try_from(request.spec.unwrap_or_default())?,
+        queue_without_capacity: request.queue_without_capacity,
+    })
+}
+
+/// Which jobs a `ListJobs` request asks for.
+pub fn list_query(request: &proto::ListJobsRequest) -> Result<ListQuery> {
+    let mut states = Vec::new();
+    for s in &request.states {
+        match JobState::try_from(*s) {
+            Ok(state) if state != JobState::Unspecified => states.push(state),
+            _ => return Err(Error::BadRequest(format!("states: {s} is not a job state"))),
+        }
+    }
+    Ok(ListQuery {
+        states,
+        project_name: request.project_name.clone(),
+        worker_id: request.worker_id.clone(),
+        page_size: request.page_size,
+        page_token: request.page_token.clone(),
+    })
+}
+
+/// The `ListJobs` answer for a page.
+pub fn job_page(page: &JobPage) -> proto::ListJobsResponse {
+    proto::ListJobsResponse {
+        jobs: page.jobs.iter().map(job).collect(),
+        next_page_token: page.next_page_token.clone(),
+    }
+}
+
+/// The `WatchJob` message for an event.
+pub fn event(event: &JobEvent) -> proto::JobEvent {
+    use proto::job_event::Event;
+    let event = match event {
+        JobEvent::Job(row) => Event::Job(job(row)),
+        JobEvent::Task {
+            job_id,
+            attempt,
+            task: row,
+        } => Event::TaskResult(task(job_id, *attempt, row)),
+    };
+    proto::JobEvent { event: Some(event) }
+}
+
+/// The job and attempt a worker speaks of when it starts one.
+pub fn start_key(request: &proto::StartJobRequest) -> LeaseKey {
+    LeaseKey {
+        worker_id: request.worker_id.clone(),
+        job_id: request.job_id.clone(),
+        attempt: request.attempt,
+    }
+}
+
+/// The job and attempt a worker speaks of when it renews a lease.
+pub fn renew_key(request: &proto::RenewLeaseRequest) -> LeaseKey {
+    LeaseKey {
+        worker_id: request.worker_id.clone(),
+        job_id: request.job_id.clone(),
+        attempt: request.attempt,
+    }
+}
+
+/// The `StartJob` answer.
+pub fn start_response(start: Start) -> proto::StartJobResponse {
+    match start {
+        Start::Proceed { lease_deadline_ms } => proto::StartJobResponse {
+            proceed: true,
+            reason: String::new(),
+            lease_deadline: lease_deadline_ms.map(timestamp),
+        },
+        Start::Refuse(reason) => proto::StartJobResponse {
+            proceed: false,
+            reason,
+            lease_deadline: None,
+        },
+    }
+}
+
+/// The `RenewLease` answer.
+pub fn renew_response(renewal: &Renewal) -> proto::RenewLeaseResponse {
+    proto::RenewLeaseResponse {
+        lease_deadline: renewal.lease_deadline_ms.map(timestamp),
+        cancelled: renewal.cancelled,
+    }
+}
+
+/// Reads a whole `ReportResults` stream: a header first, task results and log chunks
+/// (put together by offset), a final record last. `stored_at_ms` is left for the
+/// master to set when it stores them.
+pub async fn gather_results(
+    mut stream: impl Stream<Item = std::result::Result<proto::ResultsMessage, tonic::Status>> + Unpin,
+) -> Result<AttemptResults> {
+    use proto::results_message::Message as M;
+    let (mut header, mut last) = (None, None);
+    let mut tasks = Vec::new();
+    let mut logs: BTreeMap<String, BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    while let Some(message) = stream.next().await {
+        let message = message
+            .map_err(|s| Error::BadRequest(format!("results stream broke: {}", s.message())))?;
+        match message.message {
+            Some(M::Header(h)) => header = Some(h),
+            Some(M::TaskResult(task)) => tasks.push(task_row(&task)),
+            Some(M::LogChunk(chunk)) => {
+                let chunks = logs.entry(chunk.log_name).or_default();
+                chunks.insert(chunk.offset, chunk.data);
+            }
+            Some(M::Final(f)) => last = Some(f),
+            None => {}
+        }
+    }
+    let (Some(header), Some(last)) = (header, last) else {
+        return Err(Error::BadRequest(
+            "a results stream needs a header first and a final record last".to_owned(),
+        ));
+    };
+    Ok(AttemptResults {
+        outcome: last.outcome(),
+        job_id: header.job_id,
+        attempt: header.attempt,
+        worker_id: header.worker_id,
+        results_json: last.results_json,
+        error: last.error,
+        tasks,
+        logs: logs
+            .into_iter()
+            .map(|(name, chunks)| (name, chunks.into_values().flatten().collect()))
+            .collect(),
+        stored_at_ms: 0,
+    })
+}
+
+/// The `ReportResults` answer: the results of `key` are durable.
+pub fn results_ack(job_id: String, attempt: u32, stored: ResultsStored) -> proto::ResultsAck {
+    proto::ResultsAck {
+        job_id,
+        attempt,
+        stored: true,
+        duplicate: stored.duplicate,
+    }
+}
+
+/// One platform's slots as `$to` from `$from`, which names its fields alike (the
+/// protocol's and the master's type).
+macro_rules! platform_capacity {
+    ($to:path, $from:expr) => {{
+        let p = $from;
+        $to {
+            platform: p.platform.clone(),
+            variants: p.variants.clone(),
+            total: p.total,
+            ready: p.ready,
+            preparing: p.preparing,
+            running: p.running,
+            collecting: p.collecting,
+            rolling_back: p.rolling_back,
+            broken: p.broken,
+        }
+    }};
+}
+
+/// A worker's capacity report.
+pub fn capacity(message: proto::Capacity) -> Capacity {
+    Capacity {
+        worker_id: message.worker_id,
+        platforms: message
+            .platforms
+            .into_iter()
+            .map(|p| platform_capacity!(PlatformCapacity, p))
+            .collect(),
+        draining: message.draining,
+        at_ms: message.at.as_ref().map(millis),
+    }
+}
+
+/// The protocol form of a capacity report.
+pub fn capacity_message(capacity: &Capacity) -> proto::Capacity {
+    proto::Capacity {
+        worker_id: capacity.worker_id.clone(),
+        platforms: capacity
+            .platforms
+            .iter()
+            .map(|p| platform_capacity!(proto::PlatformCapacity, p))
+            .collect(),
+        draining: capacity.draining,
+        at: capacity.at_ms.map(timestamp),
+    }
+}
+
+/// A capacity report as the store keeps it (an encoded `pyti.v1.Capacity`).
+pub fn capacity_blob(capacity: &Capacity) -> Vec<u8> {
+    capacity_message(capacity).encode_to_vec()
+}
+
+/// A stored capacity report; an unreadable one reads as no capacity (the worker's
+/// stream replaces it once it answers).
+pub fn capacity_from_blob(blob: &[u8]) -> Capacity {
+    capacity(proto::Capacity::decode(blob).unwrap_or_default())
+}
+
+/// A worker's `Register` request.
+pub fn registration(request: proto::RegisterRequest) -> Registration {
+    Registration {
+        worker_id: request.worker_id,
+        control_address: request.control_address,
+        capacity: capacity(request.capacity.unwrap_or_default()),
+    }
+}
+
+/// The `Register` answer.
+pub fn registered(registered: Registered) -> proto::RegisterResponse {
+    proto::RegisterResponse {
+        queue_name: registered.queue_name,
+        lease_renew_interval_s: u32::try_from(registered.renew_every.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1),
+    }
+}
+
+/// The `ListWorkers` entry of a worker.
+pub fn worker_info(worker: &WorkerView) -> proto::WorkerInfo {
+    proto::WorkerInfo {
+        worker_id: worker.worker_id.clone(),
+        control_address: worker.control_address.clone(),
+        capacity: Some(capacity_message(&worker.capacity)),
+        registered_at: Some(timestamp(worker.registered_at_ms)),
+        last_seen: Some(timestamp(worker.last_seen_ms)),
+        assigned_not_started: worker.assigned_not_started,
+        connected: worker.connected,
+    }
+}
+
+/// The queue message that carries `job` (for its platform, a worker or the dead
+/// queue), the version filled in when the request left it to the master.
+pub fn queued(job: &JobRow, reason: &str) -> proto::QueuedJob {
+    let mut spec: proto::JobSpec = job.spec.clone().into();
+    if spec.project_version.is_empty() {
+        spec.project_version.clone_from(&job.resolved_version);
+    }
+    proto::QueuedJob {
+        job_id: job.job_id.clone(),
+        spec: Some(spec),
+        attempt: job.attempt,
+        submitted_at: Some(timestamp(job.submitted_at_ms)),
+        reason: reason.to_owned(),
+    }
+}
+
+/// What the dispatcher needs of a queue message (a `QueuedJob`); `None` when the
+/// bytes are not one.
+pub fn queued_of(data: &[u8]) -> Option<Queued> {
+    let message = proto::QueuedJob::decode(data).ok()?;
+    let spec = message.spec.unwrap_or_default();
+    Some(Queued {
+        job_id: message.job_id,
+        attempt: message.attempt,
+        requirement: Requirement::new(&spec.platform_identifier, &spec.platform_variants),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_to_the_millisecond() {
+        for ms in [0, 1, 999, 1_000, 1_734_000_123_456, -1, -1_001] {
+            assert_eq!(millis(&timestamp(ms)), ms, "{ms}");
+        }
+    }
+
+    #[test]
+    fn capacity_survives_the_protocol_and_the_store() {
+        let message = proto::Capacity {
+            worker_id: "w1".into(),
+            platforms: vec![proto::PlatformCapacity {
+                platform: "linux-debian".into(),
+                variants: vec!["python3.11".into()],
+                total: 9,
+                ready: 1,
+                preparing: 2,
+                running: 3,
+                collecting: 1,
+                rolling_back: 1,
+                broken: 1,
+            }],
+            draining: true,
+            at: Some(timestamp(1_734_000_123_456)),
+        };
+        let domain = capacity(message.clone());
+        assert_eq!(capacity_message(&domain), message);
+        assert_eq!(capacity_from_blob(&capacity_blob(&domain)), domain);
+        assert_eq!(
+            capacity_from_blob(b"\xff not protobuf"),
+            Capacity::default()
+        );
+    }
+
+    #[test]
+    fn a_queued_job_message_names_its_job_attempt_and_requirement() {
+        let spec = JobSpec::from_requirement("x==1", None, Some("linux-debian"), &[]).unwrap();
+        let row = JobRow {
+            job_id: "j".into(),
+            spec,
+            resolved_version: String::new(),
+            state: JobState::Queued,
+            attempt: 3,
+            worker_id: String::new(),
+            outcome: proto::Outcome::Unspecified,
+            submitted_at_ms: 0,
+            updated_at_ms: 0,
+            lease_deadline_ms: None,
+            cancel_requested: false,
+            history: vec![],
+        };
+        let message = queued(&row, "why").encode_to_vec();
+        assert_eq!(
+            queued_of(&message),
+            Some(Queued {
+                job_id: "j".into(),
+                attempt: 3,
+                requirement: Requirement::new("linux-debian", &[]),
+            })
+        );
+        assert_eq!(queued_of(b"\xff not protobuf"), None);
+    }
+
+    #[test]
+    fn list_queries_refuse_unknown_states() {
+        let request = proto::ListJobsRequest {
+            states: vec![JobState::Running as i32, 0],
+            ..Default::default()
+        };
+        let error = list_query(&request).unwrap_err();
+        assert_eq!(error.to_string(), "states: 0 is not a job state");
+        let request = proto::ListJobsRequest {
+            states: vec![JobState::Running as i32],
+            page_size: 7,
+            ..Default::default()
+        };
+        let query = list_query(&request).unwrap();
+        assert_eq!(
+            (query.states, query.page_size),
+            (vec![JobState::Running], 7)
+        );
+    }
 }

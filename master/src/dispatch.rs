@@ -8,25 +8,86 @@
 //! session; when the connection is lost they are forgotten (RabbitMQ requeues them).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
-use prost::Message;
-use pyti::proto::{JobState, QueuedJob};
-use tokio::sync::mpsc;
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, Notify};
 
-use crate::broker::{QueueKind, Session};
-use crate::convert::now_ms;
-use crate::farm::Farm;
+use crate::broker::{Broker, QueueKind, Session};
+use crate::convert;
+use crate::jobs::Jobs;
+use crate::runtime::Runtime;
 use crate::scheduler::Requirement;
-use crate::store::Transition;
+use crate::workers::Workers;
+
+/// What the rest of the master tells the dispatcher: that something changed (capacity,
+/// a job ended), so it should try to place again; and which platforms' queues to
+/// consume. Cheap to clone; the dispatcher owns what it holds.
+#[derive(Debug, Clone, Default)]
+pub struct DispatchSignals {
+    inner: Arc<Signals>,
+}
+
+#[derive(Debug, Default)]
+struct Signals {
+    wake: Notify,
+    platforms: Mutex<BTreeSet<String>>,
+    new_platform: Notify,
+}
+
+impl DispatchSignals {
+    /// Something changed: try to place the waiting jobs again.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Makes sure the dispatcher consumes the queue of `platform`.
+    pub fn want_platform(&self, platform: &str) {
+        let new = self
+            .inner
+            .platforms
+            .lock()
+            .expect("platforms lock")
+            .insert(platform.to_owned());
+        if new {
+            self.inner.new_platform.notify_one();
+        }
+    }
+
+    /// Completes at the next [`DispatchSignals::wake`] (or at once for one missed).
+    fn woken(&self) -> Notified<'_> {
+        self.inner.wake.notified()
+    }
+
+    /// Completes when a platform was added (or at once for one missed).
+    fn platform_added(&self) -> Notified<'_> {
+        self.inner.new_platform.notified()
+    }
+
+    fn platforms(&self) -> Vec<String> {
+        let platforms = self.inner.platforms.lock().expect("platforms lock");
+        platforms.iter().cloned().collect()
+    }
+}
+
+/// What the dispatcher reads of a queue message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The job.
+    pub job_id: String,
+    /// The attempt the message is for.
+    pub attempt: u32,
+    /// What the job needs from a VM.
+    pub requirement: Requirement,
+}
 
 /// A delivery from one of the master's queues.
-pub(crate) struct Incoming {
+struct Incoming {
     generation: u64,
     returned: bool,
     delivery: Delivery,
@@ -35,8 +96,7 @@ pub(crate) struct Incoming {
 /// A platform delivery waiting for a VM.
 struct Waiting {
     generation: u64,
-    job: QueuedJob,
-    requirement: Requirement,
+    job: Queued,
     delivery: Delivery,
 }
 
@@ -55,14 +115,58 @@ async fn ack(delivery: &Delivery) {
     }
 }
 
-impl Farm {
+async fn nack_requeue(delivery: &Delivery) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(error) = delivery.acker.nack(requeue).await {
+        tracing::debug!(%error, "Nack of a delivery failed (RabbitMQ redelivers it)");
+    }
+}
+
+/// The consumers of the master's queues and the placing of what they deliver.
+pub struct Dispatch {
+    broker: Broker,
+    jobs: Arc<Jobs>,
+    workers: Arc<Workers>,
+    signals: DispatchSignals,
+    runtime: Runtime,
+}
+
+impl Dispatch {
+    /// A dispatcher placing `jobs` onto `workers`, told of changes through `signals`.
+    pub(crate) fn new(
+        broker: Broker,
+        jobs: Arc<Jobs>,
+        workers: Arc<Workers>,
+        signals: DispatchSignals,
+        runtime: Runtime,
+    ) -> Self {
+        Self {
+            broker,
+            jobs,
+            workers,
+            signals,
+            runtime,
+        }
+    }
+
+    /// Starts consuming and placing, until shutdown.
+    pub(crate) fn start(self: Arc<Self>) {
+        let (deliveries, incoming) = mpsc::channel(1024);
+        self.runtime
+            .spawn(Arc::clone(&self).consume_queues(deliveries));
+        self.runtime.spawn(Arc::clone(&self).dispatch(incoming));
+    }
+
     /// Keeps a consumer on the returned queue and on the queue of every platform the
     /// farm knows, on every broker session, forwarding deliveries to `deliveries`.
-    pub(crate) async fn consume_queues(self: Arc<Self>, deliveries: mpsc::Sender<Incoming>) {
+    async fn consume_queues(self: Arc<Self>, deliveries: mpsc::Sender<Incoming>) {
         let mut sessions = self.broker.sessions();
         loop {
             let session = tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.runtime.cancelled() => return,
                 found = sessions.wait_for(Option::is_some) => match found {
                     Ok(session) => Arc::clone(session.as_ref().expect("checked Some")),
                     Err(_) => return,
@@ -73,44 +177,15 @@ impl Farm {
                 // retry, a given-back job) left its job waiting with no message: queue
                 // every waiting job again; the copies that were not lost are dropped as
                 // duplicates when they are placed.
-                match self.waiting_jobs().await {
-                    Ok(waiting) => {
-                        self.tasks.spawn(Arc::clone(&self).requeue_waiting(waiting));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "Cannot list waiting jobs to queue them again")
-                    }
-                }
+                self.jobs.requeue_all_waiting().await;
             }
             let mut consuming = BTreeSet::new();
             loop {
-                let mut wanted = vec![(self.broker.topology.returned_queue(), true)];
-                wanted.extend(
-                    self.platforms
-                        .lock()
-                        .expect("platforms lock")
-                        .iter()
-                        .map(|p| (self.broker.topology.platform_queue(p), false)),
-                );
-                for (queue, returned) in wanted {
-                    if consuming.contains(&queue) {
-                        continue;
-                    }
-                    match self
-                        .start_consumer(&session, &queue, returned, deliveries.clone())
-                        .await
-                    {
-                        Ok(()) => {
-                            consuming.insert(queue);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%queue, %error, "Cannot consume; retrying");
-                        }
-                    }
-                }
+                self.consume_wanted(&session, &mut consuming, &deliveries)
+                    .await;
                 tokio::select! {
-                    () = self.shutdown.cancelled() => return,
-                    () = self.new_platform.notified() => {}
+                    () = self.runtime.cancelled() => return,
+                    () = self.signals.platform_added() => {}
                     _ = sessions.changed() => break,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
@@ -118,8 +193,41 @@ impl Farm {
         }
     }
 
+    /// Starts a consumer on every wanted queue not in `consuming` yet.
+    async fn consume_wanted(
+        &self,
+        session: &Arc<Session>,
+        consuming: &mut BTreeSet<String>,
+        deliveries: &mpsc::Sender<Incoming>,
+    ) {
+        let topology = &self.broker.topology;
+        let mut wanted = vec![(topology.returned_queue(), true)];
+        wanted.extend(
+            self.signals
+                .platforms()
+                .iter()
+                .map(|p| (topology.platform_queue(p), false)),
+        );
+        for (queue, returned) in wanted {
+            if consuming.contains(&queue) {
+                continue;
+            }
+            match self
+                .start_consumer(session, &queue, returned, deliveries.clone())
+                .await
+            {
+                Ok(()) => {
+                    consuming.insert(queue);
+                }
+                Err(error) => {
+                    tracing::warn!(%queue, %error, "Cannot consume; retrying");
+                }
+            }
+        }
+    }
+
     async fn start_consumer(
-        self: &Arc<Self>,
+        &self,
         session: &Arc<Session>,
         queue: &str,
         returned: bool,
@@ -142,8 +250,8 @@ impl Farm {
                 source,
             })?;
         let generation = session.generation;
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
+        let shutdown = self.runtime.shutdown_token();
+        self.runtime.spawn(async move {
             loop {
                 let next = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -165,12 +273,12 @@ impl Farm {
 
     /// The dispatcher: takes deliveries, and whenever something changed places what
     /// the capacity table allows.
-    pub(crate) async fn dispatch(self: Arc<Self>, mut incoming: mpsc::Receiver<Incoming>) {
+    async fn dispatch(self: Arc<Self>, mut incoming: mpsc::Receiver<Incoming>) {
         let mut waiting: Vec<Waiting> = Vec::new();
         let sessions = self.broker.sessions();
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.runtime.cancelled() => return,
                 next = incoming.recv() => match next {
                     Some(first) => {
                         self.arrive(first, &mut waiting).await;
@@ -180,7 +288,7 @@ impl Farm {
                     }
                     None => return,
                 },
-                () = self.wake_dispatcher.notified() => {}
+                () = self.signals.woken() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             let generation = sessions.borrow().as_ref().map(|s| s.generation);
@@ -190,24 +298,17 @@ impl Farm {
     }
 
     async fn arrive(&self, incoming: Incoming, waiting: &mut Vec<Waiting>) {
-        let Ok(job) = QueuedJob::decode(incoming.delivery.data.as_slice()) else {
+        let Some(job) = convert::queued_of(&incoming.delivery.data) else {
             tracing::error!(queue = %incoming.delivery.routing_key, "Dropping a message that is not a QueuedJob");
             ack(&incoming.delivery).await;
             return;
         };
         if incoming.returned {
-            match self.handle_returned(&job).await {
+            match self.jobs.handle_returned(&job.job_id, job.attempt).await {
                 Ok(_) => ack(&incoming.delivery).await,
                 Err(error) => {
                     tracing::warn!(job_id = %job.job_id, %error, "Returned job not requeued yet");
-                    let _ = incoming
-                        .delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                    nack_requeue(&incoming.delivery).await;
                 }
             }
             return;
@@ -219,10 +320,8 @@ impl Farm {
             ack(&incoming.delivery).await;
             return;
         }
-        let spec = job.spec.clone().unwrap_or_default();
         waiting.push(Waiting {
             generation: incoming.generation,
-            requirement: Requirement::new(&spec.platform_identifier, &spec.platform_variants),
             job,
             delivery: incoming.delivery,
         });
@@ -234,17 +333,9 @@ impl Farm {
         }
         let requests: Vec<(String, Requirement)> = waiting
             .iter()
-            .map(|w| (w.job.job_id.clone(), w.requirement.clone()))
+            .map(|w| (w.job.job_id.clone(), w.job.requirement.clone()))
             .collect();
-        let placed = {
-            let mut table = self.table.lock().expect("table lock");
-            table.now_ms = now_ms();
-            let placed = table.plan(&requests);
-            if placed.is_empty() {
-                tracing::debug!(waiting = requests.len(), table = ?table, "Nothing placeable");
-            }
-            placed
-        };
+        let placed = self.workers.plan(&requests);
         if placed.is_empty() {
             return;
         }
@@ -267,70 +358,33 @@ impl Farm {
         });
     }
 
+    /// Records `waiting` as assigned to `worker_id` (the plan's choice) and moves its
+    /// message to the worker's queue; undoes the plan's assignment when that fails.
     async fn place(&self, waiting: &Waiting, worker_id: &str) -> Placed {
         let job_id = &waiting.job.job_id;
-        let unassign = || {
-            self.table
-                .lock()
-                .expect("table lock")
-                .unassign(worker_id, job_id)
-        };
-        let job = match self.store.get_job(job_id).await {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                unassign();
-                ack(&waiting.delivery).await;
-                return Placed::Dropped;
-            }
-            Err(error) => {
-                tracing::warn!(%job_id, %error, "Cannot read the job to place it");
-                unassign();
-                return Placed::Retry;
-            }
-        };
-        // An ASSIGNED job whose delivery comes again: the master that assigned it
-        // died before acking, perhaps before publishing; assign it afresh.
-        let placeable = match job.state {
-            JobState::Submitted | JobState::Queued => true,
-            JobState::Assigned => waiting.delivery.redelivered,
-            _ => false,
-        };
-        if job.attempt != waiting.job.attempt || !placeable {
-            unassign();
-            ack(&waiting.delivery).await;
-            return Placed::Dropped;
-        }
-        if job.state == JobState::Assigned && job.worker_id != worker_id {
-            self.table
-                .lock()
-                .expect("table lock")
-                .unassign(&job.worker_id, job_id);
-        }
-        let mut assign = Transition::of(
-            &job,
-            JobState::Assigned,
-            format!("assigned to {worker_id}"),
-            now_ms(),
-        );
-        assign.worker_id = worker_id.to_owned();
-        // SubmitJob may be recording QUEUED right now: both are fine to assign from.
-        assign.from = vec![JobState::Submitted, JobState::Queued, job.state];
-        let assigned = match self.transition(&assign).await {
+        let assigned = self
+            .jobs
+            .assign(
+                job_id,
+                waiting.job.attempt,
+                worker_id,
+                waiting.delivery.redelivered,
+            )
+            .await;
+        let assigned = match assigned {
             Ok(Some(assigned)) => assigned,
             Ok(None) => {
-                // Cancelled or started meanwhile.
-                unassign();
+                self.workers.unassign(worker_id, job_id);
                 ack(&waiting.delivery).await;
                 return Placed::Dropped;
             }
             Err(error) => {
                 tracing::warn!(%job_id, %error, "Cannot record the assignment");
-                unassign();
+                self.workers.unassign(worker_id, job_id);
                 return Placed::Retry;
             }
         };
-        let mut message = waiting.job.clone();
-        message.reason = format!("assigned to {worker_id}");
+        let message = convert::queued(&assigned, &format!("assigned to {worker_id}"));
         let queue = self.broker.topology.worker_queue(worker_id);
         if let Err(error) = self
             .broker
@@ -338,17 +392,10 @@ impl Farm {
             .await
         {
             tracing::warn!(%job_id, %worker_id, %error, "Cannot move the job to the worker's queue");
-            let mut back = Transition::of(
-                &assigned,
-                JobState::Queued,
-                format!("not assigned: {error}"),
-                now_ms(),
-            );
-            back.worker_id = String::new();
-            if let Err(error) = self.transition(&back).await {
-                tracing::warn!(%job_id, %error, "Assignment not undone; a redelivery will redo it");
-            }
-            unassign();
+            self.jobs
+                .undo_assignment(&assigned, &error.to_string())
+                .await;
+            self.workers.unassign(worker_id, job_id);
             return Placed::Retry;
         }
         ack(&waiting.delivery).await;

@@ -2,17 +2,20 @@
 //! schedules them onto workers by the VM capacity they report.
 
 pub mod broker;
-pub mod capacity;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod dispatch;
 pub mod error;
-pub mod farm;
+pub mod jobs;
 pub mod lifecycle;
+pub mod master;
 pub mod pypi;
+pub mod runtime;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod workers;
 
 pub use error::{Error, Result};
-pub use farm::{Farm, Settings};
+pub use master::{Master, Settings};

@@ -1,4 +1,6 @@
-//! The master's gRPC services: thin translations between the protocol and [`Farm`].
+//! The master's gRPC services: protocol messages in, plain types to [`Master`]'s
+//! parts, protocol messages out (through `convert`); errors become statuses in
+//! `error`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,18 +11,18 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::farm::Farm;
+use crate::master::Master;
 
 /// `JobService` and `WorkerRegistry` of the master (cheap to clone).
 #[derive(Clone)]
 pub struct MasterService {
-    farm: Arc<Farm>,
+    master: Arc<Master>,
 }
 
 impl MasterService {
-    /// The services over `farm`.
-    pub fn new(farm: Arc<Farm>) -> Self {
-        Self { farm }
+    /// The services over `master`.
+    pub fn new(master: Arc<Master>) -> Self {
+        Self { master }
     }
 }
 
@@ -32,7 +34,8 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
-        let job = self.farm.submit(request.into_inner()).await?;
+        let submission = convert::submission(request.into_inner())?;
+        let job = self.master.jobs().submit(submission).await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job: Some(convert::job(&job)),
         }))
@@ -42,7 +45,7 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let job = self.farm.job(&request.get_ref().job_id).await?;
+        let job = self.master.jobs().job(&request.get_ref().job_id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -50,11 +53,9 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        let (jobs, next_page_token) = self.farm.list(request.get_ref()).await?;
-        Ok(Response::new(proto::ListJobsResponse {
-            jobs: jobs.iter().map(convert::job).collect(),
-            next_page_token,
-        }))
+        let query = convert::list_query(request.get_ref())?;
+        let page = self.master.jobs().list(&query).await?;
+        Ok(Response::new(convert::job_page(&page)))
     }
 
     type WatchJobStream = JobEvents;
@@ -63,9 +64,8 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let events = self.farm.watch(&request.get_ref().job_id).await?;
-        let stream =
-            ReceiverStream::new(events).map(|event| Ok(proto::JobEvent { event: Some(event) }));
+        let events = self.master.jobs().watch(&request.get_ref().job_id).await?;
+        let stream = ReceiverStream::new(events).map(|event| Ok(convert::event(&event)));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -74,7 +74,11 @@ impl JobService for MasterService {
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
         let request = request.into_inner();
-        let job = self.farm.cancel(&request.job_id, &request.reason).await?;
+        let job = self
+            .master
+            .jobs()
+            .cancel(&request.job_id, &request.reason)
+            .await?;
         Ok(Response::new(proto::CancelJobResponse {
             job: Some(convert::job(&job)),
         }))
@@ -84,9 +88,12 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::GetResultsRequest>,
     ) -> Result<Response<proto::JobResults>, Status> {
-        Ok(Response::new(
-            self.farm.results(&request.get_ref().job_id).await?,
-        ))
+        let results = self
+            .master
+            .jobs()
+            .results(&request.get_ref().job_id)
+            .await?;
+        Ok(Response::new(convert::results(&results)))
     }
 }
 
@@ -96,42 +103,46 @@ impl WorkerRegistry for MasterService {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
-        Ok(Response::new(
-            self.farm.register(request.into_inner()).await?,
-        ))
+        let registration = convert::registration(request.into_inner());
+        let registered = self.master.workers().register(registration).await?;
+        Ok(Response::new(convert::registered(registered)))
     }
 
     async fn start_job(
         &self,
         request: Request<proto::StartJobRequest>,
     ) -> Result<Response<proto::StartJobResponse>, Status> {
-        Ok(Response::new(self.farm.start_job(request.get_ref()).await?))
+        let key = convert::start_key(request.get_ref());
+        let start = self.master.jobs().start(&key).await?;
+        Ok(Response::new(convert::start_response(start)))
     }
 
     async fn renew_lease(
         &self,
         request: Request<proto::RenewLeaseRequest>,
     ) -> Result<Response<proto::RenewLeaseResponse>, Status> {
-        Ok(Response::new(
-            self.farm.renew_lease(request.get_ref()).await?,
-        ))
+        let key = convert::renew_key(request.get_ref());
+        let renewal = self.master.jobs().renew(&key).await?;
+        Ok(Response::new(convert::renew_response(&renewal)))
     }
 
     async fn report_results(
         &self,
         request: Request<Streaming<proto::ResultsMessage>>,
     ) -> Result<Response<proto::ResultsAck>, Status> {
-        Ok(Response::new(
-            self.farm.report_results(request.into_inner()).await?,
-        ))
+        let report = convert::gather_results(request.into_inner()).await?;
+        let (job_id, attempt) = (report.job_id.clone(), report.attempt);
+        let stored = self.master.jobs().record_results(report).await?;
+        Ok(Response::new(convert::results_ack(job_id, attempt, stored)))
     }
 
     async fn list_workers(
         &self,
         _request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        let workers = self.master.workers().list();
         Ok(Response::new(proto::ListWorkersResponse {
-            workers: self.farm.list_workers(),
+            workers: workers.iter().map(convert::worker_info).collect(),
         }))
     }
 
@@ -139,9 +150,14 @@ impl WorkerRegistry for MasterService {
         &self,
         request: Request<proto::DrainWorkerRequest>,
     ) -> Result<Response<proto::DrainWorkerResponse>, Status> {
-        Ok(Response::new(
-            self.farm.drain_worker(&request.get_ref().worker_id).await?,
-        ))
+        let capacity = self
+            .master
+            .workers()
+            .drain(&request.get_ref().worker_id)
+            .await?;
+        Ok(Response::new(proto::DrainWorkerResponse {
+            capacity: capacity.as_ref().map(convert::capacity_message),
+        }))
     }
 }
 
@@ -169,23 +185,23 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs a whole master: opens the store, starts the farm and serves on `listener`
-/// until `shutdown`, then stops the farm's tasks.
+/// Runs a whole master: opens the store, starts the master and serves on `listener`
+/// until `shutdown`, then stops the master's tasks.
 pub async fn run(
-    settings: crate::farm::Settings,
+    settings: crate::master::Settings,
     database: &str,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> crate::Result<()> {
     let store = crate::store::open(database).await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let farm = Farm::start(settings, store, stop.clone()).await?;
-    let served = serve(MasterService::new(Arc::clone(&farm)), listener, async {
+    let master = Master::start(settings, store, stop.clone()).await?;
+    let served = serve(MasterService::new(Arc::clone(&master)), listener, async {
         shutdown.await;
         stop.cancel();
     })
     .await;
     stop.cancel();
-    farm.stopped().await;
+    master.stopped().await;
     served
 }

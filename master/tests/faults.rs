@@ -316,7 +316,7 @@ async fn past_the_attempt_limit_a_job_is_dead_and_in_the_dead_queue() {
         .await
         .unwrap();
     common::wait_running_on(&jobs, &id, Duration::from_secs(20)).await;
-    let later = pyti_master::convert::now_ms() + 3_600_000;
+    let later = master.farm.clock().now_ms() + 3_600_000;
     assert_eq!(master.farm.reap_lapsed_leases(later).await.unwrap(), 1);
     let dead = jobs
         .get_job(proto::GetJobRequest {

@@ -45,13 +45,18 @@ pub async fn open(database: &str) -> StoreResult<Arc<dyn Store>> {
     }
 }
 
+/// The error for `database` failing with `source`.
+fn database_error(database: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |source| StoreError::Database {
+        database: database.to_owned(),
+        source,
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating) the SQLite file at `path` in WAL mode.
     pub async fn open(path: &str) -> StoreResult<Self> {
-        let fail = |source| StoreError::Database {
-            database: path.to_owned(),
-            source,
-        };
+        let fail = database_error(path);
         let file = path.strip_prefix("sqlite://").unwrap_or(path);
         if let Some(parent) = std::path::Path::new(file).parent() {
             if !parent.as_os_str().is_empty() {
@@ -69,45 +74,45 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(fail)?;
-        let schema = SCHEMA
-            .replace("{SERIAL_KEY}", "INTEGER PRIMARY KEY AUTOINCREMENT")
-            .replace("{BYTES}", "BLOB");
-        sqlx::raw_sql(&schema).execute(&pool).await.map_err(fail)?;
-        Ok(Self {
-            pool,
-            name: path.into(),
-        })
+        Self::with_tables(pool, path).await
     }
 }
 
 impl PostgresStore {
     /// Connects to the PostgreSQL database at `url` and creates the tables.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let fail = |source| StoreError::Database {
-            database: url.to_owned(),
-            source,
-        };
-        let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(fail)?;
+        let fail = database_error(url);
+        let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(&fail)?;
         let pool = sqlx::pool::PoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(fail)?;
-        let schema = SCHEMA
-            .replace("{SERIAL_KEY}", "BIGSERIAL PRIMARY KEY")
-            .replace("{BYTES}", "BYTEA");
-        sqlx::raw_sql(&schema).execute(&pool).await.map_err(fail)?;
-        Ok(Self {
-            pool,
-            name: url.into(),
-        })
+        Self::with_tables(pool, url).await
     }
 }
 
+/// The store over `$pool` (its rows `$row`), with the dialect's words for an
+/// auto-incremented key (`$serial_key`) and a byte column (`$bytes`).
 macro_rules! sql_store {
-    ($store:ty, $row:ty) => {
+    ($store:ty, $pool:ty, $row:ty, $serial_key:literal, $bytes:literal) => {
         impl $store {
+            /// Creates the tables (if missing) over an open `pool` to `database`.
+            async fn with_tables(pool: $pool, database: &str) -> StoreResult<Self> {
+                let schema = SCHEMA
+                    .replace("{SERIAL_KEY}", $serial_key)
+                    .replace("{BYTES}", $bytes);
+                sqlx::raw_sql(&schema)
+                    .execute(&pool)
+                    .await
+                    .map_err(database_error(database))?;
+                Ok(Self {
+                    pool,
+                    name: database.into(),
+                })
+            }
+
             fn fail(&self, source: sqlx::Error) -> StoreError {
                 StoreError::Database {
                     database: self.name.to_string(),
@@ -188,19 +193,8 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.fail(e))?;
-                sqlx::query(
-                    "INSERT INTO job_history (job_id, state, at_ms, reason, worker_id, attempt) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&job.job_id)
-                .bind(job.state as i64)
-                .bind(job.submitted_at_ms)
-                .bind(reason)
-                .bind(&job.worker_id)
-                .bind(i64::from(job.attempt))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.fail(e))?;
+                let first = Transition::of(job, job.state, reason, job.submitted_at_ms);
+                self.record_history(&mut tx, &first).await?;
                 tx.commit().await.map_err(|e| self.fail(e))
             }
 
@@ -248,36 +242,13 @@ macro_rules! sql_store {
             async fn transition(&self, t: &Transition) -> StoreResult<Option<JobRow>> {
                 let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
                 let from: Vec<String> = t.from.iter().map(|s| (*s as i32).to_string()).collect();
-                let attempt_condition = if t.from_attempt.is_some() {
-                    "AND attempt = $9"
-                } else {
-                    "AND $9 IS NULL"
-                };
-                let sql = format!(
-                    "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, \
-                     lease_deadline_ms = $4, outcome = $5, cancel_requested = $6, \
-                     updated_at_ms = $7 WHERE job_id = $8 AND state IN ({}) {attempt_condition}",
-                    from.join(", ")
-                );
-                let changed = sqlx::query(&sql)
-                    .bind(t.to as i64)
-                    .bind(i64::from(t.attempt))
-                    .bind(&t.worker_id)
-                    .bind(t.lease_deadline_ms)
-                    .bind(t.outcome as i64)
-                    .bind(i64::from(t.cancel_requested))
-                    .bind(t.at_ms)
-                    .bind(&t.job_id)
-                    .bind(t.from_attempt.map(i64::from))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.fail(e))?
-                    .rows_affected();
-                if changed == 0 {
+                if !self
+                    .update_job(&mut tx, t, &from.join(", "), t.from_attempt)
+                    .await?
+                {
                     tx.rollback().await.map_err(|e| self.fail(e))?;
                     return Ok(None);
                 }
-                self.record_history(&mut tx, t).await?;
                 tx.commit().await.map_err(|e| self.fail(e))?;
                 self.job_without_history(&t.job_id).await
             }
@@ -348,63 +319,15 @@ macro_rules! sql_store {
                     tx.rollback().await.map_err(|e| self.fail(e))?;
                     return Ok(StoreOutcome::Duplicate);
                 }
-                let sql = format!(
-                    "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, \
-                     lease_deadline_ms = $4, outcome = $5, cancel_requested = $6, \
-                     updated_at_ms = $7 WHERE job_id = $8 AND state IN ({})",
-                    live_states_list()
-                );
-                let changed = sqlx::query(&sql)
-                    .bind(transition.to as i64)
-                    .bind(i64::from(transition.attempt))
-                    .bind(&transition.worker_id)
-                    .bind(transition.lease_deadline_ms)
-                    .bind(transition.outcome as i64)
-                    .bind(i64::from(transition.cancel_requested))
-                    .bind(transition.at_ms)
-                    .bind(&transition.job_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.fail(e))?
-                    .rows_affected();
-                if changed == 0 {
+                // Results count from any live state, whatever the transition says.
+                if !self
+                    .update_job(&mut tx, transition, &live_states_list(), None)
+                    .await?
+                {
                     tx.rollback().await.map_err(|e| self.fail(e))?;
                     return Ok(StoreOutcome::Duplicate);
                 }
-                self.record_history(&mut tx, transition).await?;
-                // `position` keeps the recipe's order for GetResults.
-                for (position, task) in results.tasks.iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO task_results (job_id, attempt, task, status, duration_s, \
-                         metrics_json, log_name, summary, position) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&results.job_id)
-                    .bind(i64::from(results.attempt))
-                    .bind(&task.task)
-                    .bind(task.status as i64)
-                    .bind(task.duration_s)
-                    .bind(&task.metrics_json)
-                    .bind(&task.log_name)
-                    .bind(&task.summary)
-                    .bind(i64::try_from(position).unwrap_or(i64::MAX))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                }
-                for (name, data) in &results.logs {
-                    sqlx::query(
-                        "INSERT INTO logs (job_id, attempt, log_name, data) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&results.job_id)
-                    .bind(i64::from(results.attempt))
-                    .bind(name)
-                    .bind(data)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                }
+                self.insert_tasks_and_logs(&mut tx, results).await?;
                 tx.commit().await.map_err(|e| self.fail(e))?;
                 match self.job_without_history(&results.job_id).await? {
                     Some(job) => Ok(StoreOutcome::Stored(Box::new(job))),
@@ -526,6 +449,90 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// Adds the task results and logs of `results` in `tx`.
+            async fn insert_tasks_and_logs(
+                &self,
+                tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+                results: &AttemptResults,
+            ) -> StoreResult<()> {
+                // `position` keeps the recipe's order for GetResults.
+                for (position, task) in results.tasks.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO task_results (job_id, attempt, task, status, duration_s, \
+                         metrics_json, log_name, summary, position) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&results.job_id)
+                    .bind(i64::from(results.attempt))
+                    .bind(&task.task)
+                    .bind(task.status as i64)
+                    .bind(task.duration_s)
+                    .bind(&task.metrics_json)
+                    .bind(&task.log_name)
+                    .bind(&task.summary)
+                    .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                }
+                for (name, data) in &results.logs {
+                    sqlx::query(
+                        "INSERT INTO logs (job_id, attempt, log_name, data) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&results.job_id)
+                    .bind(i64::from(results.attempt))
+                    .bind(name)
+                    .bind(data)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                }
+                Ok(())
+            }
+
+            /// Applies `t`'s new values to its job, and records them in its history,
+            /// if the job is in one of `states` (an SQL list) and, when `attempt` is
+            /// given, at that attempt; whether it was.
+            async fn update_job(
+                &self,
+                tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+                t: &Transition,
+                states: &str,
+                attempt: Option<u32>,
+            ) -> StoreResult<bool> {
+                let attempt_condition = if attempt.is_some() {
+                    "AND attempt = $9"
+                } else {
+                    "AND $9 IS NULL"
+                };
+                let sql = format!(
+                    "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, \
+                     lease_deadline_ms = $4, outcome = $5, cancel_requested = $6, \
+                     updated_at_ms = $7 WHERE job_id = $8 AND state IN ({states}) \
+                     {attempt_condition}"
+                );
+                let changed = sqlx::query(&sql)
+                    .bind(t.to as i64)
+                    .bind(i64::from(t.attempt))
+                    .bind(&t.worker_id)
+                    .bind(t.lease_deadline_ms)
+                    .bind(t.outcome as i64)
+                    .bind(i64::from(t.cancel_requested))
+                    .bind(t.at_ms)
+                    .bind(&t.job_id)
+                    .bind(attempt.map(i64::from))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| self.fail(e))?
+                    .rows_affected();
+                if changed == 0 {
+                    return Ok(false);
+                }
+                self.record_history(tx, t).await?;
+                Ok(true)
+            }
+
             async fn record_history(
                 &self,
                 tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
@@ -550,8 +557,20 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(SqliteStore, sqlx::sqlite::SqliteRow);
-sql_store!(PostgresStore, sqlx::postgres::PgRow);
+sql_store!(
+    SqliteStore,
+    sqlx::SqlitePool,
+    sqlx::sqlite::SqliteRow,
+    "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "BLOB"
+);
+sql_store!(
+    PostgresStore,
+    sqlx::PgPool,
+    sqlx::postgres::PgRow,
+    "BIGSERIAL PRIMARY KEY",
+    "BYTEA"
+);
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use pyti::proto::job_service_client::JobServiceClient;
 use pyti::proto::worker_registry_client::WorkerRegistryClient;
 use pyti::proto::{self, JobState, Outcome, QueuedJob};
-use pyti_master::{Farm, Settings};
+use pyti_master::Settings;
 use pyti_worker::farm::{FarmHandle, FarmSettings, JobReport, JobRunner};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -54,7 +54,7 @@ pub fn settings(prefix: &str, lease: Duration, max_attempts: u32) -> Settings {
 
 /// A master running in this process.
 pub struct Master {
-    pub farm: Arc<Farm>,
+    pub farm: Arc<pyti_master::Master>,
     pub address: String,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -87,7 +87,9 @@ impl Master {
         }
         let store = pyti_master::store::open(database).await.unwrap();
         let stop = CancellationToken::new();
-        let farm = Farm::start(settings, store, stop.clone()).await.unwrap();
+        let farm = pyti_master::Master::start(settings, store, stop.clone())
+            .await
+            .unwrap();
         let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
         let service = pyti_master::service::MasterService::new(Arc::clone(&farm));
         let token = stop.clone();
