@@ -66,7 +66,7 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
         },
     ];
     let spool = root.join("spool");
-    pyti_worker::farm::spool::write(&spool, &job.job_id, 1, &messages).unwrap();
+    pyti_worker::masterlink::spool::write(&spool, &job.job_id, 1, &messages).unwrap();
     let runs: Runs = Arc::new(Mutex::new(Vec::new()));
     let worker = Worker::start(
         &id,
@@ -98,7 +98,7 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
     common::wait_until("the spool emptied", Duration::from_secs(10), || {
         let spool = spool.clone();
         async move {
-            pyti_worker::farm::spool::pending(&spool)
+            pyti_worker::masterlink::spool::pending(&spool)
                 .unwrap()
                 .is_empty()
         }
@@ -332,7 +332,9 @@ async fn a_job_left_in_a_silent_worker_s_queue_expires_and_runs_elsewhere() {
     );
     let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
     let pool = pyti_worker::stateofvm::SlotPool::new(config.slot_names()).unwrap();
-    let control = pyti_worker::control::ControlService::new(Arc::new(config), pool);
+    let control = pyti_worker::control::ControlService::new(
+        pyti_worker::capacity::WorkerCapacity::new(&config, pool),
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(pyti_worker::control::serve(
         control,
