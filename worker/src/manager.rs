@@ -315,3 +315,81 @@ pub fn slot_prefix(config: &WorkerConfig) -> String {
 fn overlay_dir(root: &Path) -> PathBuf {
     root.join("overlays")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masterlink::JobExecutor;
+    use crate::stateofvm::SlotState;
+
+    /// A manager whose one platform runs on libvirt's test driver: it boots nothing,
+    /// so every job ends before a VM, and what matters is where its slot goes.
+    async fn test_driver_manager(root: &Path) -> (Manager, SlotPool) {
+        let text = format!(
+            "[config]\nworker_id = unit\ntotal_vms = 1\npyti_slave_root = {}\n[platform linux-test]\nvms = 1\nhypervisor = test:///default\n",
+            root.display()
+        );
+        let file = pyti::config::IniFile::parse(&text, Path::new("c")).unwrap();
+        let config = Arc::new(WorkerConfig::from_ini(&file, &|_| None).unwrap());
+        let pool = SlotPool::new(config.slot_names()).unwrap();
+        let manager = Manager::start(config, pool.clone(), RecipeBook::embedded(), None)
+            .await
+            .unwrap();
+        (manager, pool)
+    }
+
+    fn job() -> JobRequest {
+        JobRequest {
+            job_id: "job-1".into(),
+            attempt: 1,
+            spec: JobSpec::from_requirement("rarfile==4.2", None, Some("linux-test"), &[]).unwrap(),
+            local_distribution: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lease_handed_to_a_run_comes_back_when_the_run_ends() {
+        let root = tempfile::tempdir().unwrap();
+        let (manager, pool) = test_driver_manager(root.path()).await;
+        let lease = pool.acquire("linux-test", "job-1").unwrap();
+        let error = manager
+            .run(&job(), lease, None, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, RunError::NoImage { .. }), "{error}");
+        assert_eq!(pool.snapshot().ready("linux-test"), 1);
+
+        // Through the master link's seam: the report says why, the slot is ready again.
+        let lease = pool.acquire("linux-test", "job-2").unwrap();
+        let queued = pyti::proto::QueuedJob {
+            job_id: "job-2".into(),
+            attempt: 1,
+            spec: Some(job().spec.into()),
+            ..Default::default()
+        };
+        let report = JobExecutor::run(&manager, queued, lease, CancellationToken::new()).await;
+        assert!(report.error.contains("boots no guest"), "{}", report.error);
+        let slot = &pool.slots()[0];
+        assert_eq!(
+            (slot.state, slot.job_id.as_deref()),
+            (SlotState::Ready, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_slot_refuses_a_job_that_cannot_run_here_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let (manager, pool) = test_driver_manager(root.path()).await;
+        let _held = pool.acquire("linux-test", "other").unwrap();
+        let waited = manager
+            .wait_for_slot(&job(), &None, &CancellationToken::new())
+            .await;
+        assert!(matches!(waited, Err(RunError::NoImage { .. })));
+        let mut elsewhere = job();
+        elsewhere.spec.platform_identifier = "linux-other".into();
+        let waited = manager
+            .wait_for_slot(&elsewhere, &None, &CancellationToken::new())
+            .await;
+        assert!(matches!(waited, Err(RunError::UnknownPlatform { .. })));
+    }
+}

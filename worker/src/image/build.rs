@@ -89,15 +89,13 @@ fn ensure_image_blocking(
         fs::remove_dir_all(&scratch).map_err(io_error(&scratch))?;
     }
     fs::create_dir_all(&scratch).map_err(io_error(&scratch))?;
-    let result = build_into(
-        &scratch,
-        &images,
-        &image_spec,
+    let inputs = BuildInputs {
+        spec: &image_spec,
         agent,
-        &agent_sha256,
-        &hash,
-        started,
-    );
+        agent_sha256: &agent_sha256,
+        hash: &hash,
+    };
+    let result = build_into(&scratch, &images, &inputs, started);
     let manifest = match result {
         Ok(manifest) => manifest,
         Err(error) => {
@@ -256,16 +254,26 @@ fn manifest_file(dir: &Path, name: &str) -> Result<ManifestFile, ImageError> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an image is built from, and the hash that names the result.
+struct BuildInputs<'a> {
+    spec: &'a ImageSpec,
+    agent: &'a Path,
+    agent_sha256: &'a str,
+    hash: &'a str,
+}
+
 fn build_into(
     scratch: &Path,
     images: &Path,
-    image_spec: &ImageSpec,
-    agent: &Path,
-    agent_sha256: &str,
-    hash: &str,
+    inputs: &BuildInputs<'_>,
     started: Instant,
 ) -> Result<Manifest, ImageError> {
+    let BuildInputs {
+        spec: image_spec,
+        agent,
+        agent_sha256,
+        hash,
+    } = *inputs;
     let rootfs = scratch.join("rootfs");
     let cache = images.join("deb-cache");
     fs::create_dir_all(&cache).map_err(io_error(&cache))?;

@@ -19,7 +19,7 @@ use crate::image::spec::{PYTHON_PATH, VENV_PATH};
 use crate::progress::Stage;
 use crate::pypidownload::{self, ResolvedSet, TargetEnv};
 use crate::stateofvm::{SlotLease, SlotState};
-use crate::vms::VirtualMachine;
+use crate::vms::{Connection, VirtualMachine};
 
 /// Where one run keeps its files.
 pub(super) struct RunPaths {
@@ -212,58 +212,143 @@ impl<'a> JobRun<'a> {
     /// Removes what the run made and gives the slot back: released when everything is
     /// gone, marked broken when something could not be removed.
     async fn roll_back(mut self) -> (Vec<(Stage, std::time::Duration)>, RunPaths) {
-        let slot = self.lease.name().to_owned();
-        self.clock.start(Stage::Rollback, &slot);
-        let removed = self.remove_what_the_run_made().await;
+        self.clock.start(Stage::Rollback, self.lease.name());
+        let files = [self.paths.io_disk.as_path(), self.paths.overlay.as_path()];
+        let removed = remove_run_leftovers(
+            &self.plan.runtime.connection,
+            &self.lease,
+            files,
+            &self.paths.staging,
+        )
+        .await;
         self.clock.finish("");
-        match removed {
-            Ok(()) => {
-                if let Err(error) = self.lease.release() {
-                    warn!(%slot, %error, "Releasing the VM slot failed; it is marked broken");
-                }
-            }
-            Err(error) => {
-                warn!(%slot, %error, "Rolling back failed; the VM slot is marked broken");
-                self.lease.mark_broken(&error.to_string());
-            }
-        }
+        settle_lease(self.lease, removed);
         (self.clock.into_timings(), self.paths)
     }
+}
 
-    /// The VM (destroyed if it still runs), the overlay and the IO disk; whatever step
-    /// the run stopped at, nothing else is left. The results stay.
-    async fn remove_what_the_run_made(&self) -> Result<(), RunError> {
-        if self.lease.state() != SlotState::RollingBack {
-            self.lease.rolling_back()?;
-        }
-        let slot = self.lease.name();
-        let connection = &self.plan.runtime.connection;
-        let failed = |detail: String| RunError::Rollback {
-            slot: slot.to_owned(),
-            detail,
-        };
-        VirtualMachine::attach(connection, slot)
-            .undefine()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        if connection.domain_names().await?.iter().any(|n| n == slot) {
-            return Err(failed("the domain is still defined".into()));
-        }
-        for path in [&self.paths.io_disk, &self.paths.overlay] {
-            match tokio::fs::remove_file(path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(RunError::io(path, e)),
-            }
-        }
-        // The staging copy is only disk space, never a reason to break the slot.
-        match tokio::fs::remove_dir_all(&self.paths.staging).await {
+/// Removes what a run in `lease`'s slot made: the VM (destroyed if it still runs),
+/// `files` (the IO disk and the overlay) and the `staging` copy; whatever step the run
+/// stopped at, nothing else is left. The results stay.
+async fn remove_run_leftovers(
+    connection: &Connection,
+    lease: &SlotLease,
+    files: [&Path; 2],
+    staging: &Path,
+) -> Result<(), RunError> {
+    if lease.state() != SlotState::RollingBack {
+        lease.rolling_back()?;
+    }
+    let slot = lease.name();
+    let failed = |detail: String| RunError::Rollback {
+        slot: slot.to_owned(),
+        detail,
+    };
+    VirtualMachine::attach(connection, slot)
+        .undefine()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if connection.domain_names().await?.iter().any(|n| n == slot) {
+        return Err(failed("the domain is still defined".into()));
+    }
+    for path in files {
+        match tokio::fs::remove_file(path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                warn!(path = %self.paths.staging.display(), %error, "The IO disk's staging copy could not be removed")
+            Err(e) => return Err(RunError::io(path, e)),
+        }
+    }
+    // The staging copy is only disk space, never a reason to break the slot.
+    match tokio::fs::remove_dir_all(staging).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            warn!(path = %staging.display(), %error, "The IO disk's staging copy could not be removed")
+        }
+    }
+    Ok(())
+}
+
+/// Gives the slot back after a rollback: released when everything was `removed`,
+/// marked broken with the reason when something was not.
+fn settle_lease(lease: SlotLease, removed: Result<(), RunError>) {
+    let slot = lease.name().to_owned();
+    match removed {
+        Ok(()) => {
+            if let Err(error) = lease.release() {
+                warn!(%slot, %error, "Releasing the VM slot failed; it is marked broken");
             }
         }
-        Ok(())
+        Err(error) => {
+            warn!(%slot, %error, "Rolling back failed; the VM slot is marked broken");
+            lease.mark_broken(&error.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stateofvm::SlotPool;
+    use crate::vms::{DiskSpec, VmConfig};
+
+    async fn running_vm(connection: &Connection, name: &str) -> VirtualMachine {
+        let mut config = VmConfig::new(name);
+        config.memory_mib = 256;
+        config.hard_disk = Some(DiskSpec::new(format!("/nonexistent/{name}.qcow2")));
+        let vm = VirtualMachine::define(connection, &config).await.unwrap();
+        vm.start().await.unwrap();
+        vm
+    }
+
+    #[tokio::test]
+    async fn rollback_releases_the_slot_or_breaks_it_when_something_stays() {
+        let connection = Connection::open("test:///default").await.unwrap();
+        let pool = SlotPool::new([("pyti-unit-rollback-0", "p")]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (io_disk, overlay, staging) = (
+            dir.path().join("io.img"),
+            dir.path().join("overlay.qcow2"),
+            dir.path().join("io"),
+        );
+
+        // A run that got as far as a running VM: everything goes, the slot is ready.
+        let lease = pool.acquire("p", "job-1").unwrap();
+        running_vm(&connection, lease.name()).await;
+        lease.running().unwrap();
+        for file in [&io_disk, &overlay] {
+            std::fs::write(file, b"disk").unwrap();
+        }
+        std::fs::create_dir_all(staging.join("dist")).unwrap();
+        let removed =
+            remove_run_leftovers(&connection, &lease, [&io_disk, &overlay], &staging).await;
+        settle_lease(lease, removed);
+        let slot = &pool.slots()[0];
+        assert_eq!(
+            (slot.state, slot.job_id.as_deref()),
+            (SlotState::Ready, None)
+        );
+        assert!(!connection
+            .domain_names()
+            .await
+            .unwrap()
+            .contains(&slot.name));
+        assert!(!io_disk.exists() && !overlay.exists() && !staging.exists());
+
+        // Something that cannot be removed (a directory where the IO disk was): the
+        // slot is broken, with the reason, and not handed out again.
+        let lease = pool.acquire("p", "job-2").unwrap();
+        std::fs::create_dir_all(io_disk.join("stuck")).unwrap();
+        let removed =
+            remove_run_leftovers(&connection, &lease, [&io_disk, &overlay], &staging).await;
+        settle_lease(lease, removed);
+        let slot = &pool.slots()[0];
+        assert_eq!(slot.state, SlotState::Broken);
+        assert!(
+            slot.error.as_deref().unwrap().contains("io.img"),
+            "{:?}",
+            slot.error
+        );
+        assert!(pool.acquire("p", "job-3").is_err());
     }
 }
