@@ -524,26 +524,13 @@ async fn register_and_watch_capacity_report_the_same_numbers_when_a_slot_breaks(
         &prefix,
         PLATFORM,
         2,
-        &["python3.11"],
+        &[],
         Duration::from_millis(100),
         Arc::new(Mutex::new(Vec::new())),
     )
     .await;
+    common::wait_offered(&master.jobs().await, PLATFORM, Duration::from_secs(20)).await;
     let mut registry = master.registry().await;
-    common::wait_until("the worker connected", Duration::from_secs(20), || {
-        let mut registry = registry.clone();
-        async move {
-            registry
-                .list_workers(proto::ListWorkersRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .workers
-                .iter()
-                .any(|w| w.connected)
-        }
-    })
-    .await;
     let control_address = master_view(&mut registry, &id).await.control_address;
 
     // A slot breaks, as when its VM could not be removed after a run.

@@ -381,15 +381,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (manager, pool) = test_driver_manager(root.path()).await;
         let _held = pool.acquire("linux-test", "other").unwrap();
-        let waited = manager
-            .wait_for_slot(&job(), &None, &CancellationToken::new())
-            .await;
-        assert!(matches!(waited, Err(RunError::NoImage { .. })));
         let mut elsewhere = job();
         elsewhere.spec.platform_identifier = "linux-other".into();
-        let waited = manager
-            .wait_for_slot(&elsewhere, &None, &CancellationToken::new())
-            .await;
-        assert!(matches!(waited, Err(RunError::UnknownPlatform { .. })));
+        for (job, refused_for) in [(job(), "boots no guest"), (elsewhere, "no platform")] {
+            let waited = manager
+                .wait_for_slot(&job, &None, &CancellationToken::new())
+                .await;
+            let error = waited.map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(refused_for), "{error}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! A farm on this machine for tests: a master (in-process or the binary) over real
 //! RabbitMQ and a real store, and workers using `pyti_worker::masterlink` with an
-//! executor written here, in test code, that runs no VM but holds a real slot lease. Every farm has its own queue prefix and deletes its
-//! queues at the end.
+//! executor written here, in test code, that runs no VM but holds a real slot lease.
+//! Every farm has its own queue prefix and deletes its queues at the end.
 
 #![allow(dead_code)]
 
@@ -161,20 +161,20 @@ async fn delete_queues_named(prefix: &str, names: &[String], worker_ids: &[&str]
     let _ = supervisor.await;
 }
 
-/// What the test runner did: (worker, job, attempt) per run.
+/// What the test executor did: (worker, job, attempt) per run.
 pub type Runs = Arc<Mutex<Vec<(String, String, u32)>>>;
 
 /// An executor that "runs" a job by waiting `duration` (or until cancelled) while it
 /// walks the job's slot lease through the states a VM run takes, or refuses every job
 /// (as a worker whose VMs all broke would).
-pub struct TestRunner {
+pub struct TestExecutor {
     pub worker_id: String,
     pub duration: Duration,
     pub runs: Runs,
     pub refuse: bool,
 }
 
-impl JobExecutor for TestRunner {
+impl JobExecutor for TestExecutor {
     fn can_run(&self, _job: &QueuedJob) -> Result<(), String> {
         if self.refuse {
             Err("every VM of this test worker is broken".to_owned())
@@ -309,7 +309,7 @@ impl Worker {
                 .await
                 .unwrap();
         });
-        let runner = Arc::new(TestRunner {
+        let executor = Arc::new(TestExecutor {
             worker_id: id.to_owned(),
             duration,
             runs,
@@ -317,7 +317,7 @@ impl Worker {
         });
         let link = tokio::spawn(pyti_worker::masterlink::run(
             settings,
-            runner,
+            executor,
             handle.clone(),
             stop.clone(),
         ));
