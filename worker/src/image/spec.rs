@@ -90,7 +90,7 @@ pub fn image_hash(spec: &ImageSpec, agent_sha256: &str) -> String {
         &super::initramfs::init_script(&[], INIT_PATH),
     );
     field("agent", agent_sha256);
-    hex::encode(hasher.finalize())
+    pyti_guest::digest::hex(&hasher.finalize())
 }
 
 /// Directory name of an image: `<platform>-<first 16 hex digits of the hash>`.

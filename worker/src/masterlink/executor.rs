@@ -37,8 +37,7 @@ pub trait JobExecutor: Send + Sync + 'static {
     /// Whether the job can run here at all, beyond what its lease already proves (a
     /// ready slot of its platform, which offers its variants). `Err(reason)` gives the
     /// job back to the master, which places it elsewhere. Default: yes.
-    fn can_run(&self, job: &QueuedJob) -> Result<(), String> {
-        let _ = job;
+    fn can_run(&self, _job: &QueuedJob) -> Result<(), String> {
         Ok(())
     }
 

@@ -54,7 +54,10 @@ pub fn write(
     }
     std::fs::rename(&temporary, &path).map_err(io)?;
     if let Ok(directory) = std::fs::File::open(dir) {
-        let _ = directory.sync_all();
+        // The rename is done; a failed directory sync only risks it on a power cut.
+        if let Err(error) = directory.sync_all() {
+            tracing::warn!(dir = %dir.display(), %error, "The spool directory could not be synced");
+        }
     }
     Ok(path)
 }
