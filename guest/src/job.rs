@@ -6,12 +6,12 @@
 //! guest never looks recipes up), and the sha256 of every input file so the guest can
 //! tell a damaged IO disk from a broken package.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::sha256_file;
+use crate::layout::{self, DIST_DIR, INPUT_DIRS, TOOLS_DIR, WHEELS_DIR};
 use crate::recipe::{Recipe, RecipeError};
 
 /// Version of the `job.json` format written by this build.
@@ -19,9 +19,6 @@ pub const JOB_SCHEMA_VERSION: u32 = 1;
 
 /// Largest `job.json` the guest accepts.
 pub const MAX_JOB_BYTES: usize = 1 << 20;
-
-/// The IO disk's directories that hold inputs, in the order they are described.
-pub const INPUT_DIRS: [&str; 3] = ["dist", "wheels", "tools"];
 
 /// The job as the guest sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +154,7 @@ impl GuestJob {
 
     /// Reads and parses `<io_dir>/job.json`.
     pub fn read(io_dir: &Path) -> Result<GuestJob, JobError> {
-        let path = io_dir.join("job.json");
+        let path = io_dir.join(layout::JOB_FILE);
         let bytes = std::fs::read(&path).map_err(|source| JobError::Io { path, source })?;
         GuestJob::parse(&bytes)
     }
@@ -211,9 +208,9 @@ impl GuestJob {
                 ));
             }
             let expected_dir = match input.role {
-                InputRole::Wheel | InputRole::Sdist => "dist",
-                InputRole::Dependency => "wheels",
-                InputRole::Tool => "tools",
+                InputRole::Wheel | InputRole::Sdist => DIST_DIR,
+                InputRole::Dependency => WHEELS_DIR,
+                InputRole::Tool => TOOLS_DIR,
             };
             if dir != expected_dir {
                 return Err(invalid(
@@ -266,37 +263,18 @@ fn safe_file_name(name: &str) -> bool {
         && name.len() <= 255
 }
 
-/// The role a file in one of [`INPUT_DIRS`] has, from its directory and name;
+/// The role a file in one of [`layout::INPUT_DIRS`] has, from its directory and name;
 /// `None` for a file that is no distribution (e.g. a stray README in `dist/`).
 pub fn role_for(dir: &str, file_name: &str) -> Option<InputRole> {
     let is_wheel = file_name.ends_with(".whl");
     let is_sdist = file_name.ends_with(".tar.gz") || file_name.ends_with(".zip");
     match dir {
-        "dist" if is_wheel => Some(InputRole::Wheel),
-        "dist" if is_sdist => Some(InputRole::Sdist),
-        "wheels" if is_wheel || is_sdist => Some(InputRole::Dependency),
-        "tools" if is_wheel || is_sdist => Some(InputRole::Tool),
+        DIST_DIR if is_wheel => Some(InputRole::Wheel),
+        DIST_DIR if is_sdist => Some(InputRole::Sdist),
+        WHEELS_DIR if is_wheel || is_sdist => Some(InputRole::Dependency),
+        TOOLS_DIR if is_wheel || is_sdist => Some(InputRole::Tool),
         _ => None,
     }
-}
-
-/// Lower-case hex sha256 of a file, read in chunks.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Describes every distribution file in `dist/`, `wheels/` and `tools/` of an IO

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use pyti_guest::agent::{run_and_write, AgentOptions};
 use pyti_guest::recipe::RecipeBook;
-use pyti_guest::runner::{run_and_write, AgentOptions};
 
 const USAGE: &str = "usage:
   pyti-guest run --io DIR [--work DIR] [--venv-template PATH] [--python PATH]

@@ -134,7 +134,7 @@ async fn bare_lapin(jobs: usize) -> Duration {
 }
 
 /// Submits `jobs` jobs (`IN_FLIGHT` SubmitJob calls at once) to an in-process master
-/// with one worker whose runner answers at once; returns the time until every job
+/// with one worker whose executor answers at once; returns the time until every job
 /// has its results stored.
 async fn whole_farm(jobs: usize) -> Duration {
     let prefix = common::prefix();

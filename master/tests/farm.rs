@@ -1,6 +1,6 @@
 //! The farm end to end on this machine: a master over real RabbitMQ and a real store
-//! (SQLite and PostgreSQL), and workers using `pyti_worker::farm` with a runner from
-//! test code.
+//! (SQLite and PostgreSQL), and workers using `pyti_worker::masterlink` with an
+//! executor from test code.
 
 mod common;
 

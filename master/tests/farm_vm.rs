@@ -12,9 +12,10 @@ use std::time::Duration;
 use common::{settings, Master};
 use pyti::proto::{self, JobState};
 use pyti_guest::recipe::RecipeBook;
+use pyti_worker::capacity::WorkerCapacity;
 use pyti_worker::control::ControlService;
-use pyti_worker::farm::{FarmHandle, FarmSettings};
 use pyti_worker::manager::Manager;
+use pyti_worker::masterlink::{MasterLinkHandle, MasterLinkSettings};
 use pyti_worker::stateofvm::SlotPool;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +43,7 @@ async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm() {
         1,
         &["python3.11"],
     );
-    config.platforms[0].accel = pyti_worker::config::Accel::Tcg;
+    config.platforms[0].accel = pyti_worker::vms::AcceleratorChoice::Tcg;
     let config = Arc::new(config);
     let pool = SlotPool::new(config.slot_names()).unwrap();
     let manager = Arc::new(
@@ -56,19 +57,19 @@ async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm() {
         .unwrap(),
     );
     let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let mut farm_settings = FarmSettings::from_config(&config);
-    farm_settings.control_address = format!("http://{addr}");
-    farm_settings.register_interval = Duration::from_secs(1);
-    let handle = FarmHandle::new(farm_settings.platforms.clone());
-    let control = ControlService::new(Arc::clone(&config), pool).with_farm(handle.clone());
+    let mut link_settings = MasterLinkSettings::from_config(&config);
+    link_settings.control_address = format!("http://{addr}");
+    link_settings.register_interval = Duration::from_secs(1);
+    let handle = MasterLinkHandle::new(WorkerCapacity::new(&config, pool));
+    let control = ControlService::new(handle.capacity().clone()).with_master_link(handle.clone());
     let stop = CancellationToken::new();
     let server = tokio::spawn(pyti_worker::control::serve(
         control,
         listener,
         stop.clone().cancelled_owned(),
     ));
-    let farm = tokio::spawn(pyti_worker::farm::run(
-        farm_settings,
+    let link = tokio::spawn(pyti_worker::masterlink::run(
+        link_settings,
         manager,
         handle,
         stop.clone(),
@@ -134,7 +135,7 @@ async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm() {
     );
 
     stop.cancel();
-    farm.await.unwrap().unwrap();
+    link.await.unwrap().unwrap();
     server.await.unwrap().unwrap();
     registry
         .list_workers(proto::ListWorkersRequest {})

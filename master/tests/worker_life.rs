@@ -66,7 +66,7 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
         },
     ];
     let spool = root.join("spool");
-    pyti_worker::farm::spool::write(&spool, &job.job_id, 1, &messages).unwrap();
+    pyti_worker::masterlink::spool::write(&spool, &job.job_id, 1, &messages).unwrap();
     let runs: Runs = Arc::new(Mutex::new(Vec::new()));
     let worker = Worker::start(
         &id,
@@ -98,7 +98,7 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
     common::wait_until("the spool emptied", Duration::from_secs(10), || {
         let spool = spool.clone();
         async move {
-            pyti_worker::farm::spool::pending(&spool)
+            pyti_worker::masterlink::spool::pending(&spool)
                 .unwrap()
                 .is_empty()
         }
@@ -332,7 +332,9 @@ async fn a_job_left_in_a_silent_worker_s_queue_expires_and_runs_elsewhere() {
     );
     let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
     let pool = pyti_worker::stateofvm::SlotPool::new(config.slot_names()).unwrap();
-    let control = pyti_worker::control::ControlService::new(Arc::new(config), pool);
+    let control = pyti_worker::control::ControlService::new(
+        pyti_worker::capacity::WorkerCapacity::new(&config, pool),
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(pyti_worker::control::serve(
         control,
@@ -429,4 +431,172 @@ async fn a_job_left_in_a_silent_worker_s_queue_expires_and_runs_elsewhere() {
     stop.cancel();
     let _ = server.await;
     master.finish(&[&silent_id, &live_id]).await;
+}
+
+/// The master's record of `worker_id`: when it last heard from it, and the capacity.
+async fn master_view(
+    registry: &mut pyti::proto::worker_registry_client::WorkerRegistryClient<
+        tonic::transport::Channel,
+    >,
+    worker_id: &str,
+) -> proto::WorkerInfo {
+    registry
+        .list_workers(proto::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+        .into_iter()
+        .find(|w| w.worker_id == worker_id)
+        .expect("the worker is registered")
+}
+
+/// The capacity the master holds for `worker_id` once `registrations` more Registers
+/// came in: every Register moves `last_seen` (every second in tests), while the
+/// capacity stream is silent as long as the slot pool does not change, so the capacity
+/// then is what Register sent.
+async fn after_registrations(
+    registry: &mut pyti::proto::worker_registry_client::WorkerRegistryClient<
+        tonic::transport::Channel,
+    >,
+    worker_id: &str,
+    registrations: usize,
+) -> proto::Capacity {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let worker = master_view(registry, worker_id).await;
+        let last_seen = worker.last_seen.unwrap_or_default();
+        seen.insert((last_seen.seconds, last_seen.nanos));
+        if seen.len() > registrations {
+            return worker.capacity.unwrap_or_default();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not register {registrations} more times"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the worker's own control plane says, asked and streamed; both must agree.
+async fn worker_view(control_address: &str) -> proto::Capacity {
+    use pyti::proto::worker_control_client::WorkerControlClient;
+    use tokio_stream::StreamExt;
+
+    let mut control = WorkerControlClient::connect(control_address.to_owned())
+        .await
+        .unwrap();
+    let asked = control
+        .get_capacity(proto::GetCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let streamed = control
+        .watch_capacity(proto::WatchCapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(asked.platforms, streamed.platforms);
+    assert_eq!(asked.draining, streamed.draining);
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn register_and_watch_capacity_report_the_same_numbers_when_a_slot_breaks() {
+    let prefix = common::prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("master.sqlite");
+    let master = Master::start(
+        common::settings(&prefix, Duration::from_secs(10), 3),
+        database.to_str().unwrap(),
+    )
+    .await;
+    let id = format!("cracked-{}", uuid::Uuid::new_v4().simple());
+    let worker = Worker::start(
+        &id,
+        &dir.path().join("w"),
+        &master.address,
+        &prefix,
+        PLATFORM,
+        2,
+        &[],
+        Duration::from_millis(100),
+        Arc::new(Mutex::new(Vec::new())),
+    )
+    .await;
+    common::wait_offered(&master.jobs().await, PLATFORM, Duration::from_secs(20)).await;
+    let mut registry = master.registry().await;
+    let control_address = master_view(&mut registry, &id).await.control_address;
+
+    // A slot breaks, as when its VM could not be removed after a run.
+    let pool = worker.handle.capacity().pool();
+    let slot = pool.slots()[0].name.clone();
+    pool.mark_broken(&slot, "the domain is still defined")
+        .unwrap();
+    let worker_says = worker_view(&control_address).await;
+    let platform = &worker_says.platforms[0];
+    assert_eq!(
+        (platform.total, platform.ready, platform.broken),
+        (2, 1, 1),
+        "{worker_says:?}"
+    );
+    common::wait_until(
+        "the master saw the broken slot",
+        Duration::from_secs(20),
+        || {
+            let mut registry = registry.clone();
+            let id = id.clone();
+            async move {
+                master_view(&mut registry, &id)
+                    .await
+                    .capacity
+                    .is_some_and(|c| c.platforms.iter().any(|p| p.broken == 1))
+            }
+        },
+    )
+    .await;
+    let registered = after_registrations(&mut registry, &id, 2).await;
+    assert_eq!(registered.platforms, worker_says.platforms);
+    assert_eq!(registered.draining, worker_says.draining);
+
+    // Draining zeroes ready in every view, the registrations included.
+    let drained = registry
+        .drain_worker(proto::DrainWorkerRequest {
+            worker_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .capacity
+        .unwrap();
+    assert!(drained.draining);
+    let worker_says = worker_view(&control_address).await;
+    assert!(worker_says.draining);
+    assert_eq!(worker_says.platforms, drained.platforms);
+    assert!(worker_says
+        .platforms
+        .iter()
+        .all(|p| p.ready == 0 && p.total == 2 && p.broken == 1));
+    common::wait_until("the master saw the drain", Duration::from_secs(20), || {
+        let mut registry = registry.clone();
+        let id = id.clone();
+        async move {
+            master_view(&mut registry, &id)
+                .await
+                .capacity
+                .is_some_and(|c| c.draining)
+        }
+    })
+    .await;
+    let registered = after_registrations(&mut registry, &id, 2).await;
+    assert_eq!(registered.platforms, worker_says.platforms);
+    assert!(registered.draining);
+
+    worker.stop().await;
+    master.finish(&[&id]).await;
 }

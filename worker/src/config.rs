@@ -21,6 +21,7 @@ use pyti::config::{default_state_dir, IniFile};
 use pyti::model::names;
 
 use crate::error::Result;
+use crate::vms::AcceleratorChoice;
 
 const CONFIG_KEYS: [&str; 10] = [
     "pyti_slave_root",
@@ -95,20 +96,9 @@ pub struct PlatformConfig {
     /// Variants the platform's VMs offer (jobs may ask for any subset). Default: none.
     pub variants: Vec<String>,
     /// Accelerator: `auto`, `kvm` or `tcg`. Default: `auto` (KVM only where it really works).
-    pub accel: Accel,
+    pub accel: AcceleratorChoice,
     /// IO disk format the hypervisor wants: `raw`, `qcow2`, `vdi`, `vmdk`. Default: `raw`.
     pub io_disk_format: String,
-}
-
-/// Which accelerator QEMU uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// KVM when a probe shows it works, TCG otherwise.
-    Auto,
-    /// Hardware virtualisation.
-    Kvm,
-    /// Software emulation.
-    Tcg,
 }
 
 impl WorkerConfig {
@@ -232,7 +222,7 @@ impl PlatformConfig {
             vcpus: 1,
             run_timeout_s: 1800,
             variants: Vec::new(),
-            accel: Accel::Auto,
+            accel: AcceleratorChoice::Auto,
             io_disk_format: "raw".to_owned(),
         }
     }
@@ -260,9 +250,9 @@ impl PlatformConfig {
                 .into());
         }
         let accel = match file.get(s, "accel") {
-            None | Some("auto") => Accel::Auto,
-            Some("kvm") => Accel::Kvm,
-            Some("tcg") => Accel::Tcg,
+            None | Some("auto") => AcceleratorChoice::Auto,
+            Some("kvm") => AcceleratorChoice::Kvm,
+            Some("tcg") => AcceleratorChoice::Tcg,
             Some(other) => {
                 return Err(file
                     .value_error(s, "accel", format!("{other:?} is not auto, kvm or tcg"))
@@ -367,7 +357,7 @@ mod tests {
             ("linux-debian", 2, 768)
         );
         assert_eq!(debian.variants, ["python3.11", "big"]);
-        assert_eq!(debian.accel, Accel::Tcg);
+        assert_eq!(debian.accel, AcceleratorChoice::Tcg);
         assert_eq!(config.platforms[1].hypervisor, "test:///default");
         assert_eq!(config.platforms[1].vms, 2);
     }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pyti_guest::recipe::RecipeBook;
+use pyti_worker::capacity::WorkerCapacity;
 use pyti_worker::config::WorkerConfig;
 use pyti_worker::control::ControlService;
-use pyti_worker::farm::{FarmHandle, FarmSettings};
 use pyti_worker::image::cli::ImageCommand;
 use pyti_worker::manager::Manager;
+use pyti_worker::masterlink::{MasterLinkHandle, MasterLinkSettings};
 use pyti_worker::stateofvm::SlotPool;
 use tokio_util::sync::CancellationToken;
 
@@ -76,16 +77,16 @@ async fn serve(
     let (listener, addr) = pyti::grpc::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
-    let manager =
-        Arc::new(Manager::start(Arc::clone(&config), pool.clone(), recipes, agent).await?);
-    let settings = FarmSettings::from_config(&config);
-    let handle = FarmHandle::new(settings.platforms.clone());
-    let control = ControlService::new(Arc::clone(&config), pool).with_farm(handle.clone());
+    let capacity = WorkerCapacity::new(&config, pool.clone());
+    let manager = Arc::new(Manager::start(Arc::clone(&config), pool, recipes, agent).await?);
+    let settings = MasterLinkSettings::from_config(&config);
+    let link = MasterLinkHandle::new(capacity.clone());
+    let control = ControlService::new(capacity).with_master_link(link.clone());
     let stop = CancellationToken::new();
-    let farm = tokio::spawn(pyti_worker::farm::run(
+    let master_link = tokio::spawn(pyti_worker::masterlink::run(
         settings,
         manager,
-        handle,
+        link,
         stop.clone(),
     ));
     tracing::info!(
@@ -97,9 +98,9 @@ async fn serve(
         "pyti-worker listening"
     );
     pyti_worker::control::serve(control, listener, pyti::grpc::shutdown_signal()).await?;
-    // Finish what runs: the farm loop stops taking jobs and waits for running ones.
+    // Finish what runs: the master link stops taking jobs and waits for running ones.
     stop.cancel();
-    farm.await.context("the farm loop failed")??;
+    master_link.await.context("the master link failed")??;
     tracing::info!("pyti-worker stopped");
     Ok(())
 }

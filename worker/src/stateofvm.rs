@@ -4,10 +4,12 @@
 //! kept beside the slots, the two drifted (a crashed run decremented twice, a broken VM
 //! still counted as free), so here capacity is never stored: it is derived from the slot
 //! states on every read, and every change of a slot publishes a fresh snapshot on a
-//! `watch` channel (what `WorkerControl.WatchCapacity` streams). A slot in use is held
-//! through a `SlotLease`; a lease dropped mid-run marks its slot broken, because a run
-//! that vanished may have left a VM behind, and a broken slot is reported, never reused
-//! silently.
+//! `watch` channel (what `WorkerControl.WatchCapacity` streams and `Register` sends). A
+//! slot in use is held through a `SlotLease`, the worker's only token of capacity: a job
+//! runs only while it holds one. A lease dropped mid-run marks its slot broken, because
+//! a run that vanished may have left a VM behind, and a broken slot is reported, never
+//! reused silently. Draining is the pool's state too (it hands out no more leases and
+//! advertises nothing ready), so no view of the worker can disagree about it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -92,40 +94,57 @@ pub struct SlotInfo {
     pub error: Option<String>,
 }
 
-/// Capacity of one platform, derived from its slots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Capacity of one platform, derived from its slots: a count per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlatformCapacity {
     /// Platform name.
     pub platform: String,
     /// All slots of the platform.
     pub total: usize,
-    /// Ready slots: what the master may assign.
+    /// Ready slots: what the master may assign. None while the pool drains (the ready
+    /// slots then count in `total` only).
     pub ready: usize,
-    /// Slots in preparing, running, collecting or rolling-back.
-    pub busy: usize,
+    /// Slots leased, their IO disk and overlay being prepared.
+    pub preparing: usize,
+    /// Slots whose VM runs a job.
+    pub running: usize,
+    /// Slots whose results are being read.
+    pub collecting: usize,
+    /// Slots being rolled back.
+    pub rolling_back: usize,
     /// Broken slots.
     pub broken: usize,
 }
 
-/// Per-platform capacity of `slots`, sorted by platform.
-pub fn capacity(slots: &[SlotInfo]) -> Vec<PlatformCapacity> {
+impl PlatformCapacity {
+    /// Slots held by a job: preparing, running, collecting or rolling back.
+    pub fn busy(&self) -> usize {
+        self.preparing + self.running + self.collecting + self.rolling_back
+    }
+}
+
+/// Per-platform capacity of `slots`, sorted by platform; nothing is ready when
+/// `draining`. The one derivation every view of the worker's capacity uses.
+pub fn capacity(slots: &[SlotInfo], draining: bool) -> Vec<PlatformCapacity> {
     let mut by_platform: BTreeMap<&str, PlatformCapacity> = BTreeMap::new();
     for slot in slots {
         let entry = by_platform
             .entry(&slot.platform)
             .or_insert_with(|| PlatformCapacity {
                 platform: slot.platform.clone(),
-                total: 0,
-                ready: 0,
-                busy: 0,
-                broken: 0,
+                ..PlatformCapacity::default()
             });
         entry.total += 1;
-        match slot.state {
-            SlotState::Ready => entry.ready += 1,
-            SlotState::Broken => entry.broken += 1,
-            _ => entry.busy += 1,
-        }
+        let counter = match slot.state {
+            SlotState::Ready if draining => continue,
+            SlotState::Ready => &mut entry.ready,
+            SlotState::Preparing => &mut entry.preparing,
+            SlotState::Running => &mut entry.running,
+            SlotState::Collecting => &mut entry.collecting,
+            SlotState::RollingBack => &mut entry.rolling_back,
+            SlotState::Broken => &mut entry.broken,
+        };
+        *counter += 1;
     }
     by_platform.into_values().collect()
 }
@@ -137,16 +156,21 @@ pub struct PoolSnapshot {
     pub version: u64,
     /// Every slot, in the order the pool was made.
     pub slots: Vec<SlotInfo>,
+    /// The pool hands out no more leases (`Drain`).
+    pub draining: bool,
 }
 
 impl PoolSnapshot {
     /// Capacity per platform, derived from the slots.
     pub fn capacity(&self) -> Vec<PlatformCapacity> {
-        capacity(&self.slots)
+        capacity(&self.slots, self.draining)
     }
 
-    /// Ready slots of `platform`.
+    /// Ready slots of `platform` (none while draining).
     pub fn ready(&self, platform: &str) -> usize {
+        if self.draining {
+            return 0;
+        }
         self.slots
             .iter()
             .filter(|s| s.platform == platform && s.state == SlotState::Ready)
@@ -169,6 +193,9 @@ pub enum SlotError {
         /// The platform asked for.
         platform: String,
     },
+    /// The pool is draining: no new lease is handed out.
+    #[error("the worker is draining: it takes no new job")]
+    Draining,
     /// No slot has that name.
     #[error("no VM slot named {name:?}")]
     UnknownSlot {
@@ -193,8 +220,25 @@ pub enum SlotError {
     },
 }
 
+/// The pool's state behind its lock; every change publishes it whole.
+struct PoolState {
+    version: u64,
+    slots: Vec<SlotInfo>,
+    draining: bool,
+}
+
+impl PoolState {
+    fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            version: self.version,
+            slots: self.slots.clone(),
+            draining: self.draining,
+        }
+    }
+}
+
 struct PoolInner {
-    slots: Mutex<(u64, Vec<SlotInfo>)>,
+    state: Mutex<PoolState>,
     sender: watch::Sender<PoolSnapshot>,
 }
 
@@ -235,13 +279,15 @@ impl SlotPool {
                 error: None,
             });
         }
-        let (sender, _) = watch::channel(PoolSnapshot {
+        let state = PoolState {
             version: 0,
-            slots: list.clone(),
-        });
+            slots: list,
+            draining: false,
+        };
+        let (sender, _) = watch::channel(state.snapshot());
         Ok(Self {
             inner: Arc::new(PoolInner {
-                slots: Mutex::new((0, list)),
+                state: Mutex::new(state),
                 sender,
             }),
         })
@@ -254,11 +300,11 @@ impl SlotPool {
             .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, (u64, Vec<SlotInfo>)> {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
         // A panic while holding the lock cannot leave a half-made change: every change
         // is a single assignment, so the data is still consistent.
         self.inner
-            .slots
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -270,27 +316,44 @@ impl SlotPool {
 
     /// The pool now.
     pub fn snapshot(&self) -> PoolSnapshot {
-        let guard = self.lock();
-        PoolSnapshot {
-            version: guard.0,
-            slots: guard.1.clone(),
-        }
+        self.lock().snapshot()
     }
 
     /// Every slot now (`ListVms`).
     pub fn slots(&self) -> Vec<SlotInfo> {
-        self.lock().1.clone()
+        self.lock().slots.clone()
     }
 
     /// Capacity per platform now (`GetCapacity`).
     pub fn capacity(&self) -> Vec<PlatformCapacity> {
-        capacity(&self.lock().1)
+        let guard = self.lock();
+        capacity(&guard.slots, guard.draining)
+    }
+
+    /// Stops handing out leases (running ones finish); capacity shows nothing ready
+    /// from now on. There is no way back: a drained worker is restarted.
+    pub fn drain(&self) {
+        let mut guard = self.lock();
+        if !guard.draining {
+            guard.draining = true;
+            info!("Slot pool draining: no new leases");
+            self.publish(&mut guard);
+        }
+    }
+
+    /// True once [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
     }
 
     /// Takes the first ready slot of `platform` for `job_id` (it becomes preparing).
+    /// Refused while draining.
     pub fn acquire(&self, platform: &str, job_id: &str) -> Result<SlotLease, SlotError> {
         let mut guard = self.lock();
-        let slots = &mut guard.1;
+        if guard.draining {
+            return Err(SlotError::Draining);
+        }
+        let slots = &mut guard.slots;
         if !slots.iter().any(|s| s.platform == platform) {
             return Err(SlotError::UnknownPlatform {
                 platform: platform.to_owned(),
@@ -344,14 +407,13 @@ impl SlotPool {
         reason: Option<&str>,
     ) -> Result<String, SlotError> {
         let mut guard = self.lock();
-        let slot =
-            guard
-                .1
-                .iter_mut()
-                .find(|s| s.name == name)
-                .ok_or_else(|| SlotError::UnknownSlot {
-                    name: name.to_owned(),
-                })?;
+        let slot = guard
+            .slots
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SlotError::UnknownSlot {
+                name: name.to_owned(),
+            })?;
         if !slot.state.can_become(to) {
             return Err(SlotError::InvalidTransition {
                 name: name.to_owned(),
@@ -378,17 +440,14 @@ impl SlotPool {
         Ok(platform)
     }
 
-    fn publish(&self, guard: &mut MutexGuard<'_, (u64, Vec<SlotInfo>)>) {
-        guard.0 += 1;
-        self.inner.sender.send_replace(PoolSnapshot {
-            version: guard.0,
-            slots: guard.1.clone(),
-        });
+    fn publish(&self, guard: &mut MutexGuard<'_, PoolState>) {
+        guard.version += 1;
+        self.inner.sender.send_replace(guard.snapshot());
     }
 
     fn state_of(&self, name: &str) -> Option<SlotState> {
         self.lock()
-            .1
+            .slots
             .iter()
             .find(|s| s.name == name)
             .map(|s| s.state)
@@ -442,6 +501,24 @@ impl SlotLease {
             .map(|_| ())
     }
 
+    /// preparing → rolling-back → ready, for a lease whose job never started (given
+    /// back to the master, or the master said not to run it): nothing was made, so
+    /// nothing needs removing.
+    /// A lease past preparing is refused (and, consumed, breaks its slot): its VM may
+    /// have left something behind.
+    pub fn release_unused(self) -> Result<(), SlotError> {
+        let state = self.state();
+        if state != SlotState::Preparing {
+            return Err(SlotError::InvalidTransition {
+                name: self.name.clone(),
+                from: state,
+                to: SlotState::Ready,
+            });
+        }
+        self.rolling_back()?;
+        self.release()
+    }
+
     /// rolling-back → ready: the slot is clean again and returns to the pool.
     pub fn release(mut self) -> Result<(), SlotError> {
         let result = self.pool.move_slot(&self.name, SlotState::Ready, None);
@@ -468,7 +545,9 @@ impl Drop for SlotLease {
         let state = self.state();
         if state != SlotState::Broken {
             let reason = format!("run abandoned while {state} (lease dropped)");
-            let _ = self.pool.mark_broken(&self.name, &reason);
+            if let Err(error) = self.pool.mark_broken(&self.name, &reason) {
+                warn!(slot = %self.name, %error, "An abandoned slot could not be marked broken");
+            }
         }
     }
 }

@@ -119,7 +119,7 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
         .await
         .expect("guest image builds");
     let build_time = build_started.elapsed();
-    let base_before = image::sha256_file(&image.base()).unwrap();
+    let base_before = pyti_guest::digest::sha256_file(&image.base()).unwrap();
     let base_meta = |path: &Path| {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).unwrap();
@@ -211,7 +211,7 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
     .await
     .expect("image check passes");
 
-    let base_after = image::sha256_file(&image.base()).unwrap();
+    let base_after = pyti_guest::digest::sha256_file(&image.base()).unwrap();
     assert_eq!(base_before, base_after, "the base image must never change");
     assert_eq!(
         base_meta(&image.base()),

@@ -13,6 +13,7 @@ use pyti::proto::{
     DrainRequest, GetCapacityRequest, ListVmsRequest, VmState, WatchCapacityRequest,
     WorkerCancelJobRequest,
 };
+use pyti_worker::capacity::WorkerCapacity;
 use pyti_worker::config::WorkerConfig;
 use pyti_worker::control::ControlService;
 use pyti_worker::stateofvm::SlotPool;
@@ -31,7 +32,7 @@ async fn start_worker() -> (
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let pool = SlotPool::new(config.slot_names()).unwrap();
-        let control = ControlService::new(config, pool);
+        let control = ControlService::new(WorkerCapacity::new(&config, pool));
         pyti_worker::control::serve(control, listener, async {
             let _ = stopped.await;
         })

@@ -9,9 +9,10 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 
+use pyti_guest::layout::RESULTS_SPACE_BYTES;
 use pyti_worker::diskhandler::{
     build_io_disk, convert_image, read_results, DiskEntry, DiskOperations, Error, ImageFormat,
-    Limit, NameProblem, ReadLimits, DEFAULT_RESULTS_SPACE_BYTES,
+    Limit, NameProblem, ReadLimits,
 };
 use utils::{assert_same_tree, write_job_tree, Rng, WHEEL_NAMES};
 
@@ -139,7 +140,7 @@ fn the_disk_is_sized_for_its_content_plus_the_free_space_and_not_much_more() {
     let staging = work.path().join("staging");
     write_job_tree(&staging, 2);
     let content = tree_size(&staging);
-    for free in [0, 3 * MIB, DEFAULT_RESULTS_SPACE_BYTES] {
+    for free in [0, 3 * MIB, RESULTS_SPACE_BYTES] {
         let image = work.path().join(format!("io-{free}.img"));
         let geometry = build_io_disk(&staging, &image, Some(free)).unwrap();
         let image_bytes = fs::metadata(&image).unwrap().len();
@@ -426,7 +427,7 @@ fn mtools_reads_what_we_write() {
     let work = tempfile::tempdir().unwrap();
     let staging = work.path().join("staging");
     write_job_tree(&staging, 5);
-    for free in [2 * MIB, DEFAULT_RESULTS_SPACE_BYTES] {
+    for free in [2 * MIB, RESULTS_SPACE_BYTES] {
         let image = work.path().join(format!("io-{free}.img"));
         build_io_disk(&staging, &image, Some(free)).unwrap();
         let label = run(Command::new("mlabel")

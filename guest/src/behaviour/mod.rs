@@ -4,7 +4,7 @@
 //! This is what a user of PyTI most wants to know about a package they have not read:
 //! does installing or importing it reach for the network, read credentials, start a
 //! shell, or plant something that survives a reboot. Everything here is pure (text in,
-//! report out) so every rule is tested with literal strace lines; the runner only
+//! report out) so every rule is tested with literal strace lines; the agent only
 //! produces the logs. pip's own activity (its Python subprocesses, the build backend in
 //! its isolated environment, compilers) is expected and never a reason by itself.
 

@@ -1,7 +1,7 @@
 //! A farm on this machine for tests: a master (in-process or the binary) over real
-//! RabbitMQ and a real store, and workers using `pyti_worker::farm` with a runner
-//! written here, in test code. Every farm has its own queue prefix and deletes its
-//! queues at the end.
+//! RabbitMQ and a real store, and workers using `pyti_worker::masterlink` with an
+//! executor written here, in test code, that runs no VM but holds a real slot lease.
+//! Every farm has its own queue prefix and deletes its queues at the end.
 
 #![allow(dead_code)]
 
@@ -14,7 +14,9 @@ use pyti::proto::job_service_client::JobServiceClient;
 use pyti::proto::worker_registry_client::WorkerRegistryClient;
 use pyti::proto::{self, JobState, Outcome, QueuedJob};
 use pyti_master::Settings;
-use pyti_worker::farm::{FarmHandle, FarmSettings, JobReport, JobRunner};
+use pyti_worker::capacity::WorkerCapacity;
+use pyti_worker::masterlink::{AttemptReport, JobExecutor, MasterLinkHandle, MasterLinkSettings};
+use pyti_worker::stateofvm::{SlotLease, SlotPool};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -161,19 +163,20 @@ async fn delete_queues_named(prefix: &str, names: &[String], worker_ids: &[&str]
     let _ = supervisor.await;
 }
 
-/// What the test runner did: (worker, job, attempt) per run.
+/// What the test executor did: (worker, job, attempt) per run.
 pub type Runs = Arc<Mutex<Vec<(String, String, u32)>>>;
 
-/// A runner that "runs" a job by waiting `duration` (or until cancelled), or refuses
-/// every job (as a worker whose VMs all broke would).
-pub struct TestRunner {
+/// An executor that "runs" a job by waiting `duration` (or until cancelled) while it
+/// walks the job's slot lease through the states a VM run takes, or refuses every job
+/// (as a worker whose VMs all broke would).
+pub struct TestExecutor {
     pub worker_id: String,
     pub duration: Duration,
     pub runs: Runs,
     pub refuse: bool,
 }
 
-impl JobRunner for TestRunner {
+impl JobExecutor for TestExecutor {
     fn can_run(&self, _job: &QueuedJob) -> Result<(), String> {
         if self.refuse {
             Err("every VM of this test worker is broken".to_owned())
@@ -182,17 +185,28 @@ impl JobRunner for TestRunner {
         }
     }
 
-    async fn run(&self, job: QueuedJob, cancel: CancellationToken) -> JobReport {
+    async fn run(
+        &self,
+        job: QueuedJob,
+        lease: SlotLease,
+        cancel: CancellationToken,
+    ) -> AttemptReport {
         self.runs
             .lock()
             .unwrap()
             .push((self.worker_id.clone(), job.job_id.clone(), job.attempt));
+        lease.running().unwrap();
         let cancelled = tokio::select! {
             () = cancel.cancelled() => true,
             () = tokio::time::sleep(self.duration) => false,
         };
+        if !cancelled {
+            lease.collecting().unwrap();
+        }
+        lease.rolling_back().unwrap();
+        lease.release().unwrap();
         let spec = job.spec.unwrap_or_default();
-        JobReport {
+        AttemptReport {
             outcome: if cancelled {
                 Outcome::Cancelled
             } else {
@@ -218,10 +232,10 @@ impl JobRunner for TestRunner {
     }
 }
 
-/// A worker running in this process: WorkerControl plus the farm loop.
+/// A worker running in this process: WorkerControl plus the master link.
 pub struct Worker {
     pub id: String,
-    pub handle: FarmHandle,
+    pub handle: MasterLinkHandle,
     pub root: PathBuf,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -283,13 +297,13 @@ impl Worker {
     ) -> Self {
         let config = worker_config(id, root, master, prefix, platform, vms, variants);
         let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
-        let mut settings = FarmSettings::from_config(&config);
+        let mut settings = MasterLinkSettings::from_config(&config);
         settings.control_address = format!("http://{addr}");
         settings.register_interval = Duration::from_secs(1);
-        let handle = FarmHandle::new(settings.platforms.clone());
-        let pool = pyti_worker::stateofvm::SlotPool::new(config.slot_names()).unwrap();
-        let control = pyti_worker::control::ControlService::new(Arc::new(config), pool)
-            .with_farm(handle.clone());
+        let pool = SlotPool::new(config.slot_names()).unwrap();
+        let handle = MasterLinkHandle::new(WorkerCapacity::new(&config, pool));
+        let control = pyti_worker::control::ControlService::new(handle.capacity().clone())
+            .with_master_link(handle.clone());
         let stop = CancellationToken::new();
         let token = stop.clone();
         let server = tokio::spawn(async move {
@@ -297,27 +311,27 @@ impl Worker {
                 .await
                 .unwrap();
         });
-        let runner = Arc::new(TestRunner {
+        let executor = Arc::new(TestExecutor {
             worker_id: id.to_owned(),
             duration,
             runs,
             refuse,
         });
-        let farm = tokio::spawn(pyti_worker::farm::run(
+        let link = tokio::spawn(pyti_worker::masterlink::run(
             settings,
-            runner,
+            executor,
             handle.clone(),
             stop.clone(),
         ));
-        let farm = tokio::spawn(async move {
-            farm.await.unwrap().unwrap();
+        let link = tokio::spawn(async move {
+            link.await.unwrap().unwrap();
         });
         Self {
             id: id.to_owned(),
             handle,
             root: root.to_owned(),
             stop,
-            tasks: vec![server, farm],
+            tasks: vec![server, link],
         }
     }
 

@@ -15,7 +15,7 @@ use clap::Parser;
 use pyti::model::JobSpec;
 use pyti_guest::recipe::RecipeBook;
 use pyti_worker::config::WorkerConfig;
-use pyti_worker::manager::{FailureKind, JobReport, JobRequest, Manager, RunError};
+use pyti_worker::manager::{FailureKind, JobRequest, Manager, RunError, RunReport};
 use pyti_worker::progress::{Progress, Stage};
 use pyti_worker::stateofvm::SlotPool;
 use pyti_worker::summary;
@@ -183,7 +183,11 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
         names.insert(job.job_id.clone(), job.spec.requirement());
         let (manager, sender, cancel) = (Arc::clone(&manager), sender.clone(), cancel.clone());
         runs.spawn(async move {
-            let result = manager.run(&job, Some(sender), cancel).await;
+            let progress = Some(sender);
+            let result = match manager.wait_for_slot(&job, &progress, &cancel).await {
+                Ok(lease) => manager.run(&job, lease, progress, cancel).await,
+                Err(error) => Err(error),
+            };
             (job, result)
         });
     }
@@ -198,7 +202,9 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
     while let Some(joined) = runs.join_next().await {
         finished.push(joined.context("a job task failed")?);
     }
-    let _ = printer.await;
+    if let Err(error) = printer.await {
+        eprintln!("warning: the progress printer failed: {error}");
+    }
     interrupt.abort();
     report(&cli, &config.root, finished, cancel.is_cancelled())
 }
@@ -208,7 +214,7 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
 fn report(
     cli: &Cli,
     root: &Path,
-    finished: Vec<(JobRequest, Result<JobReport, RunError>)>,
+    finished: Vec<(JobRequest, Result<RunReport, RunError>)>,
     interrupted: bool,
 ) -> anyhow::Result<u8> {
     let several = finished.len() > 1;
@@ -254,7 +260,10 @@ fn report(
                         output.clone()
                     };
                     copy_tree(&report.results_dir, &dest)?;
-                    let _ = std::fs::copy(&report.console_log, dest.join("console.log"));
+                    let console = dest.join(pyti_guest::layout::CONSOLE_LOG);
+                    if let Err(error) = std::fs::copy(&report.console_log, &console) {
+                        eprintln!("warning: cannot write {}: {error}", console.display());
+                    }
                 }
             }
             Err(error) => {
@@ -268,7 +277,12 @@ fn report(
                 });
             }
         }
-        let _ = std::fs::remove_dir_all(root.join("runs").join(&job.job_id));
+        let run_dir = root.join("runs").join(&job.job_id);
+        match std::fs::remove_dir_all(&run_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: cannot remove {}: {e}", run_dir.display()),
+        }
     }
     if cli.json {
         let value = if several {

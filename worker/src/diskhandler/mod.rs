@@ -7,7 +7,8 @@
 //! no FUSE, so a worker runs unprivileged and a guest's file system is never mounted on the
 //! host. Hypervisors that want another container format get a `qemu-img` conversion.
 //!
-//! Layout: `job.json`, `dist/`, `wheels/`, `tools/`, `results/` (written by the guest).
+//! Layout: `job.json`, `dist/`, `wheels/`, `tools/`, `results/` (written by the guest);
+//! the names and the results space are `pyti_guest::layout`'s, shared with the guest.
 //!
 //! Everything read back after the guest ran is hostile input: [`ReadLimits`] caps what the
 //! reader copies, names that could escape the destination are refused, and a corrupt file
@@ -33,23 +34,6 @@ pub use extract::{
 };
 pub use geometry::{ContentSize, FatKind, Geometry, MAX_FILE_BYTES, SECTOR_BYTES};
 pub use operations::{build_io_disk, plan_for_tree, DiskEntry, DiskOperations};
-
-/// Volume label of every IO disk (the guest finds its disk by it).
-pub const VOLUME_LABEL: &str = "PYTIIO";
-
-/// Free space left on a new IO disk for the guest's results, unless the caller says otherwise.
-pub const DEFAULT_RESULTS_SPACE_BYTES: u64 = 256 * 1024 * 1024;
-
-/// The job description at the root of the disk.
-pub const JOB_FILE: &str = "job.json";
-/// The distribution under test.
-pub const DIST_DIR: &str = "dist";
-/// The dependency closure, as wheels.
-pub const WHEELS_DIR: &str = "wheels";
-/// Tools the recipe runs (pytest, pycodestyle, ...).
-pub const TOOLS_DIR: &str = "tools";
-/// Where the guest writes results and logs.
-pub const RESULTS_DIR: &str = "results";
 
 /// Which cap of [`ReadLimits`] a guest-written disk went over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

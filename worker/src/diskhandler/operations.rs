@@ -16,10 +16,8 @@ use super::extract::{display_path, open_host_file, split_image_path, Sink, Walke
 use super::geometry::{self, ContentSize, FatKind, Geometry, PlanError};
 use super::guard::{catch_panic, Backing, Budget, GuardedStream};
 use super::upload::{create_dirs, write_entry, Uploader};
-use super::{
-    Error, ExtractSummary, ReadLimits, Result, DEFAULT_RESULTS_SPACE_BYTES, RESULTS_DIR,
-    VOLUME_LABEL,
-};
+use super::{Error, ExtractSummary, ReadLimits, Result};
+use pyti_guest::layout::{RESULTS_DIR, RESULTS_SPACE_BYTES, VOLUME_LABEL};
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,17 +71,14 @@ fn plan(content: &ContentSize, free_bytes: u64, image: &Path) -> Result<Geometry
 
 /// Builds a complete IO disk at `image` from the host directory `staging_dir` (whose
 /// entries become the root of the disk), sized for it plus `free_bytes` for results
-/// (`None`: [`DEFAULT_RESULTS_SPACE_BYTES`]), with an empty `results/` if the staging
+/// (`None`: `layout::RESULTS_SPACE_BYTES`), with an empty `results/` if the staging
 /// directory has none. The disk is flushed and closed.
 pub fn build_io_disk(
     staging_dir: &Path,
     image: &Path,
     free_bytes: Option<u64>,
 ) -> Result<Geometry> {
-    let geometry = plan_for_tree(
-        staging_dir,
-        free_bytes.unwrap_or(DEFAULT_RESULTS_SPACE_BYTES),
-    )?;
+    let geometry = plan_for_tree(staging_dir, free_bytes.unwrap_or(RESULTS_SPACE_BYTES))?;
     let mut disk = DiskOperations::create_with_geometry(image, geometry)?;
     disk.upload(staging_dir, "/")?;
     disk.create_dir(RESULTS_DIR)?;

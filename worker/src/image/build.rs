@@ -17,8 +17,8 @@ use tracing::info;
 
 use super::agent::check_static_agent;
 use super::initramfs;
-use super::recipe::{self, ImageRecipe, Manifest, ManifestFile};
-use super::{images_dir, sha256_file, GuestImage, ImageError};
+use super::spec::{self, ImageSpec, Manifest, ManifestFile};
+use super::{images_dir, GuestImage, ImageError};
 
 /// Debian mirror used by debootstrap (overridable for local mirrors).
 pub const MIRROR_ENV: &str = "PYTI_DEBIAN_MIRROR";
@@ -61,18 +61,18 @@ fn ensure_image_blocking(
     agent: &Path,
     force: bool,
 ) -> Result<GuestImage, ImageError> {
-    let recipe = recipe::recipe_for(platform).ok_or_else(|| ImageError::UnknownPlatform {
+    let image_spec = spec::spec_for(platform).ok_or_else(|| ImageError::UnknownPlatform {
         platform: platform.to_owned(),
-        known: recipe::PLATFORMS.join(", "),
+        known: spec::PLATFORMS.join(", "),
     })?;
     check_static_agent(agent)?;
-    let agent_sha256 = sha256_file(agent)?;
-    let hash = recipe::image_hash(&recipe, &agent_sha256);
+    let agent_sha256 = hash_file(agent)?;
+    let hash = spec::image_hash(&image_spec, &agent_sha256);
     let images = images_dir(root);
     fs::create_dir_all(&images).map_err(io_error(&images))?;
     set_mode(&images, 0o755)?;
     let _lock = BuildLock::take(&images.join(".lock"))?;
-    let dir = images.join(recipe::image_dir_name(platform, &hash));
+    let dir = images.join(spec::image_dir_name(platform, &hash));
     if !force {
         if let Ok(image) = GuestImage::load(&dir) {
             if image.manifest.hash == hash && image.base().is_file() {
@@ -84,23 +84,18 @@ fn ensure_image_blocking(
     check_can_build()?;
     let started = Instant::now();
     info!(platform, hash = &hash[..16], "Building guest image");
-    let scratch = images.join(format!(
-        ".build-{}",
-        recipe::image_dir_name(platform, &hash)
-    ));
+    let scratch = images.join(format!(".build-{}", spec::image_dir_name(platform, &hash)));
     if scratch.exists() {
         fs::remove_dir_all(&scratch).map_err(io_error(&scratch))?;
     }
     fs::create_dir_all(&scratch).map_err(io_error(&scratch))?;
-    let result = build_into(
-        &scratch,
-        &images,
-        &recipe,
+    let inputs = BuildInputs {
+        spec: &image_spec,
         agent,
-        &agent_sha256,
-        &hash,
-        started,
-    );
+        agent_sha256: &agent_sha256,
+        hash: &hash,
+    };
+    let result = build_into(&scratch, &images, &inputs, started);
     let manifest = match result {
         Ok(manifest) => manifest,
         Err(error) => {
@@ -255,20 +250,30 @@ fn manifest_file(dir: &Path, name: &str) -> Result<ManifestFile, ImageError> {
     Ok(ManifestFile {
         name: name.to_owned(),
         bytes,
-        sha256: sha256_file(&path)?,
+        sha256: hash_file(&path)?,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an image is built from, and the hash that names the result.
+struct BuildInputs<'a> {
+    spec: &'a ImageSpec,
+    agent: &'a Path,
+    agent_sha256: &'a str,
+    hash: &'a str,
+}
+
 fn build_into(
     scratch: &Path,
     images: &Path,
-    recipe: &ImageRecipe,
-    agent: &Path,
-    agent_sha256: &str,
-    hash: &str,
+    inputs: &BuildInputs<'_>,
     started: Instant,
 ) -> Result<Manifest, ImageError> {
+    let BuildInputs {
+        spec: image_spec,
+        agent,
+        agent_sha256,
+        hash,
+    } = *inputs;
     let rootfs = scratch.join("rootfs");
     let cache = images.join("deb-cache");
     fs::create_dir_all(&cache).map_err(io_error(&cache))?;
@@ -277,10 +282,10 @@ fn build_into(
         scratch,
         "debootstrap",
         Command::new("debootstrap")
-            .arg(format!("--variant={}", recipe.variant))
-            .arg(format!("--include={}", recipe.packages.join(",")))
+            .arg(format!("--variant={}", image_spec.variant))
+            .arg(format!("--include={}", image_spec.packages.join(",")))
             .arg(format!("--cache-dir={}", cache.display()))
-            .arg(&recipe.suite)
+            .arg(&image_spec.suite)
             .arg(&rootfs)
             .arg(&mirror),
     )?;
@@ -292,17 +297,17 @@ fn build_into(
     let _ = fs::remove_file(&resolv);
     write_file(&resolv, "nameserver 127.0.0.1\n", 0o644)?;
     write_file(
-        &rootfs.join(recipe::INIT_PATH.trim_start_matches('/')),
-        recipe::INIT_SCRIPT,
+        &rootfs.join(spec::INIT_PATH.trim_start_matches('/')),
+        spec::INIT_SCRIPT,
         0o755,
     )?;
-    let agent_target = rootfs.join(recipe::AGENT_PATH.trim_start_matches('/'));
+    let agent_target = rootfs.join(spec::AGENT_PATH.trim_start_matches('/'));
     fs::copy(agent, &agent_target).map_err(io_error(&agent_target))?;
     set_mode(&agent_target, 0o755)?;
     step(
         scratch,
         "venv",
-        &mut chroot(&rootfs, &["python3", "-m", "venv", recipe::VENV_PATH]),
+        &mut chroot(&rootfs, &["python3", "-m", "venv", spec::VENV_PATH]),
     )?;
 
     let boot = rootfs.join("boot");
@@ -310,12 +315,12 @@ fn build_into(
         .map_err(io_error(&boot))?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .find(|name| recipe::kernel_release_from_name(name).is_some())
+        .find(|name| spec::kernel_release_from_name(name).is_some())
         .ok_or_else(|| ImageError::Step {
             step: "kernel".into(),
             detail: format!("no vmlinuz-* in {}", boot.display()),
         })?;
-    let kernel_release = recipe::kernel_release_from_name(&kernel_file)
+    let kernel_release = spec::kernel_release_from_name(&kernel_file)
         .unwrap_or_default()
         .to_owned();
     let kernel_target = scratch.join(KERNEL_NAME);
@@ -323,7 +328,7 @@ fn build_into(
         .map_err(io_error(&boot.join(&kernel_file)))?;
     set_mode(&kernel_target, 0o644)?;
     let initramfs_started = Instant::now();
-    let initrd = build_initramfs(&rootfs, &kernel_release, &recipe.initramfs_modules)?;
+    let initrd = build_initramfs(&rootfs, &kernel_release, &image_spec.initramfs_modules)?;
     let initrd_target = scratch.join(INITRD_NAME);
     write_bytes(&initrd_target, &initrd)?;
     info!(
@@ -392,13 +397,13 @@ fn build_into(
 
     let manifest = Manifest {
         manifest_version: 1,
-        platform: recipe.platform.clone(),
+        platform: image_spec.platform.clone(),
         hash: hash.to_owned(),
-        builder_version: recipe::BUILDER_VERSION,
-        recipe: recipe.clone(),
+        builder_version: spec::BUILDER_VERSION,
+        spec: image_spec.clone(),
         agent_sha256: agent_sha256.to_owned(),
         kernel_release,
-        cmdline: recipe::kernel_cmdline(false),
+        cmdline: spec::kernel_cmdline(false),
         base: manifest_file(scratch, BASE_NAME)?,
         kernel: manifest_file(scratch, KERNEL_NAME)?,
         initrd: manifest_file(scratch, INITRD_NAME)?,
@@ -450,7 +455,7 @@ fn build_initramfs(
         cpio.file(&format!("modules/{file}"), 0o644, &bytes);
         files.push(file);
     }
-    let init = initramfs::init_script(&files, recipe::INIT_PATH);
+    let init = initramfs::init_script(&files, spec::INIT_PATH);
     cpio.file("init", 0o755, init.as_bytes());
     Ok(cpio.finish())
 }
@@ -473,4 +478,12 @@ fn directory_bytes(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// The sha256 of an image input, with the file named in the error.
+fn hash_file(path: &Path) -> Result<String, ImageError> {
+    pyti_guest::digest::sha256_file(path).map_err(|source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }

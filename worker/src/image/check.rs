@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::info;
 
+use pyti_guest::layout;
+
 use super::{GuestImage, ImageError};
-use crate::diskhandler::{self, DiskOperations, ReadLimits};
+use crate::diskhandler::{DiskOperations, ReadLimits};
 use crate::vms::{
     Accelerator, AcceleratorChoice, Connection, DiskSpec, Overlay, VirtualMachine, VmConfig,
 };
@@ -74,7 +76,7 @@ pub fn parse_selftest(bytes: &[u8]) -> Result<SelftestRecord, String> {
 pub fn make_fat_io_disk(path: &Path, size_mib: u64) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(path);
     let mut disk = DiskOperations::create(path, size_mib << 20)?;
-    disk.create_dir(diskhandler::RESULTS_DIR)?;
+    disk.create_dir(layout::RESULTS_DIR)?;
     Ok(disk.close()?)
 }
 
@@ -129,10 +131,13 @@ pub async fn selftest(
     config.accelerator = accelerator;
 
     let booted = boot_until_off(connection, &config, timeout).await;
-    let _ = overlay.discard().await;
+    if let Err(error) = overlay.discard().await {
+        tracing::warn!(%error, "The self-test overlay could not be removed");
+    }
     let (boot_to_poweroff, used_accelerator) = booted?;
     let disk = io_disk.clone();
-    let bytes = tokio::task::spawn_blocking(move || read_fat_file(&disk, "results/selftest.json"))
+    let selftest_file = layout::in_results(layout::SELFTEST_FILE);
+    let bytes = tokio::task::spawn_blocking(move || read_fat_file(&disk, &selftest_file))
         .await
         .map_err(|e| ImageError::Step {
             step: "mcopy".into(),

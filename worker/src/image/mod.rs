@@ -2,7 +2,7 @@
 //!
 //! A job's result is only comparable with another's if both ran in the same guest, so
 //! the image is not something an operator downloads and tweaks: the worker builds it
-//! from a recipe (`recipe.rs`), names it by the hash of that recipe and of the agent
+//! from a spec (`spec.rs`), names it by the hash of that spec and of the agent
 //! baked in, and rebuilds only when that hash changes. Each image directory holds a
 //! read-only qcow2 base (runs write to per-run overlays, see `vms::overlay`), the kernel
 //! and initramfs for direct kernel boot, and `manifest.json`.
@@ -15,20 +15,17 @@ mod build;
 pub mod check;
 pub mod cli;
 pub mod initramfs;
-pub mod recipe;
+pub mod spec;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 pub use build::ensure_image;
-pub use recipe::{ImageRecipe, Manifest};
+pub use spec::{ImageSpec, Manifest};
 
 /// Everything that can go wrong while building, finding or checking an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The platform has no recipe.
+    /// The platform has no image spec.
     #[error("unknown guest platform {platform:?}: this worker can build {known}")]
     UnknownPlatform {
         /// The platform asked for.
@@ -137,7 +134,7 @@ impl GuestImage {
         crate::vms::DirectKernelBoot {
             kernel: self.kernel(),
             initrd: Some(self.initrd()),
-            cmdline: recipe::kernel_cmdline(selftest),
+            cmdline: spec::kernel_cmdline(selftest),
         }
     }
 
@@ -174,9 +171,9 @@ pub fn list_images(root: &Path) -> Vec<GuestImage> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            recipe::PLATFORMS
+            spec::PLATFORMS
                 .iter()
-                .any(|platform| recipe::is_image_dir_of(p, platform))
+                .any(|platform| spec::is_image_dir_of(p, platform))
         })
         .filter_map(|p| GuestImage::load(&p).ok())
         .collect();
@@ -193,23 +190,4 @@ pub fn latest_image(root: &Path, platform: &str) -> Result<GuestImage, ImageErro
             platform: platform.to_owned(),
             root: images_dir(root),
         })
-}
-
-/// SHA-256 (hex) of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String, ImageError> {
-    let io = |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file.read(&mut buffer).map_err(io)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }

@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use pyti_guest::digest::sha256_hex;
 
 use super::error::{Error, Result};
 
@@ -28,11 +28,6 @@ use super::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
-}
-
-/// Hex sha256 of some bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Temporary files older than this were left by a process that died mid-write.

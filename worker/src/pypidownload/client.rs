@@ -21,13 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use pyti_guest::digest::{self, sha256_hex};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OnceCell, Semaphore};
 use url::Url;
 
 use super::archive;
-use super::cache::{sha256_hex, Cache};
+use super::cache::Cache;
 use super::error::{Error, Result};
 use super::index::{FileKind, IndexFile, ProjectPage, SIMPLE_JSON};
 
@@ -491,7 +492,7 @@ impl IndexClient {
         }
         writer.flush().await.map_err(write_error)?;
         writer.sync_all().await.map_err(write_error)?;
-        let actual = hex::encode(hasher.finalize());
+        let actual = digest::hex(&hasher.finalize());
         if actual != expected {
             return Err(Error::HashMismatch {
                 project: project.to_string(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use futures_util::future::try_join_all;
 use pep508_rs::{Requirement, VerbatimUrl, VersionOrUrl};
+use pyti_guest::layout;
 use serde::{Deserialize, Serialize};
 
 use super::cache::Cache;
@@ -168,9 +169,9 @@ impl Role {
     /// The IO disk directory of this role.
     pub fn directory(self) -> &'static str {
         match self {
-            Role::Distribution | Role::Sources => "dist",
-            Role::Dependency => "wheels",
-            Role::Tool => "tools",
+            Role::Distribution | Role::Sources => layout::DIST_DIR,
+            Role::Dependency => layout::WHEELS_DIR,
+            Role::Tool => layout::TOOLS_DIR,
         }
     }
 }

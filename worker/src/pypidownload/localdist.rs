@@ -10,13 +10,12 @@
 //! file is never mistaken for the previous one.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use pep440_rs::{Version, VersionSpecifiers};
+use pyti_guest::digest::sha256_file;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::archive;
 use super::cache::Cache;
@@ -185,20 +184,6 @@ fn bare_file(filename: &str) -> IndexFile {
     }
 }
 
-fn sha256_of_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// Reads the core metadata of a local wheel or sdist without running any of its code.
 /// Blocking; async callers use `spawn_blocking`.
 pub fn local_distribution_metadata(path: &Path) -> Result<LocalDistribution> {
@@ -236,8 +221,7 @@ pub fn local_distribution_metadata(path: &Path) -> Result<LocalDistribution> {
     };
     let metadata = CoreMetadata::parse(&text).map_err(|e| invalid(format!("metadata: {e}")))?;
     let (name, version) = check_identity(&filename, kind, &metadata).map_err(invalid)?;
-    let sha256 =
-        sha256_of_file(path).map_err(|e| Error::io("reading local distribution", path, e))?;
+    let sha256 = sha256_file(path).map_err(|e| Error::io("reading local distribution", path, e))?;
     Ok(LocalDistribution {
         name,
         version,
@@ -286,7 +270,7 @@ impl LocalDistribution {
                 .map_err(|e| Error::io("reading local distribution", &self.path, e))?;
             std::io::copy(&mut source, temp.as_file_mut())
                 .map_err(|e| Error::io("copying into the cache", temp.path().to_path_buf(), e))?;
-            let copied = sha256_of_file(temp.path())
+            let copied = sha256_file(temp.path())
                 .map_err(|e| Error::io("reading", temp.path().to_path_buf(), e))?;
             if copied != self.sha256 {
                 return Err(Error::LocalDistribution {

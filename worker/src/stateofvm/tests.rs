@@ -68,7 +68,7 @@ fn full_cycle_returns_the_slot_and_capacity_follows() {
     assert_eq!(lease.name(), "pyti-w1-linux-debian-0");
     assert_eq!(lease.state(), Preparing);
     let c = cap(&pool, "linux-debian");
-    assert_eq!((c.total, c.ready, c.busy, c.broken), (2, 1, 1, 0));
+    assert_eq!((c.total, c.ready, c.busy(), c.broken), (2, 1, 1, 0));
     let slot = pool.slots().into_iter().next().unwrap();
     assert_eq!(slot.job_id.as_deref(), Some("job-1"));
     lease.running().unwrap();
@@ -77,7 +77,7 @@ fn full_cycle_returns_the_slot_and_capacity_follows() {
     assert_eq!(cap(&pool, "linux-debian").ready, 1);
     lease.release().unwrap();
     let c = cap(&pool, "linux-debian");
-    assert_eq!((c.total, c.ready, c.busy, c.broken), (2, 2, 0, 0));
+    assert_eq!((c.total, c.ready, c.busy(), c.broken), (2, 2, 0, 0));
     assert!(pool.slots().iter().all(|s| s.job_id.is_none()));
 }
 
@@ -136,7 +136,7 @@ fn broken_slots_are_reported_and_not_acquired_until_repaired() {
     let lease = pool.acquire("linux-alpine", "job-1").unwrap();
     lease.mark_broken("VM failed to start: no such file");
     let c = cap(&pool, "linux-alpine");
-    assert_eq!((c.total, c.ready, c.busy, c.broken), (1, 0, 0, 1));
+    assert_eq!((c.total, c.ready, c.busy(), c.broken), (1, 0, 0, 1));
     let slot = pool
         .slots()
         .into_iter()
@@ -210,18 +210,18 @@ fn capacity_is_derived_per_platform_in_order() {
         slot("d", "p2", RollingBack),
         slot("e", "p1", Ready),
     ];
-    let c = capacity(&slots);
+    let c = capacity(&slots, false);
     assert_eq!(c.len(), 2);
     assert_eq!(c[0].platform, "p1");
     assert_eq!(
-        (c[0].total, c[0].ready, c[0].busy, c[0].broken),
+        (c[0].total, c[0].ready, c[0].busy(), c[0].broken),
         (2, 1, 1, 0)
     );
     assert_eq!(
-        (c[1].total, c[1].ready, c[1].busy, c[1].broken),
+        (c[1].total, c[1].ready, c[1].busy(), c[1].broken),
         (3, 1, 1, 1)
     );
-    assert!(capacity(&[]).is_empty());
+    assert!(capacity(&[], false).is_empty());
 }
 
 #[test]
@@ -239,4 +239,55 @@ fn duplicate_and_unknown_names_are_refused() {
         pool.repair("pyti-w1-linux-debian-0"),
         Err(SlotError::InvalidTransition { from: Ready, .. })
     ));
+}
+
+#[test]
+fn drain_refuses_new_leases_and_zeroes_ready_in_every_view() {
+    let pool = pool();
+    let mut watcher = pool.watch();
+    watcher.borrow_and_update();
+    let held = pool.acquire("linux-debian", "job-1").unwrap();
+    pool.drain();
+    assert!(pool.is_draining());
+    let seen = watcher.borrow_and_update().clone();
+    assert!(seen.draining);
+    assert_eq!(seen, pool.snapshot());
+    assert_eq!(seen.ready("linux-debian"), 0);
+    for view in [pool.capacity(), seen.capacity()] {
+        assert!(view.iter().all(|c| c.ready == 0 && c.total > 0), "{view:?}");
+    }
+    let c = cap(&pool, "linux-debian");
+    assert_eq!((c.total, c.ready, c.preparing, c.broken), (2, 0, 1, 0));
+    assert_eq!(
+        pool.acquire("linux-alpine", "job-2").unwrap_err(),
+        SlotError::Draining
+    );
+    // What runs finishes: the held lease still walks to ready.
+    held.rolling_back().unwrap();
+    held.release().unwrap();
+    assert_eq!(cap(&pool, "linux-debian").busy(), 0);
+    assert_eq!(cap(&pool, "linux-debian").ready, 0);
+    let version = pool.snapshot().version;
+    pool.drain();
+    assert_eq!(
+        pool.snapshot().version,
+        version,
+        "draining twice changes nothing"
+    );
+}
+
+#[test]
+fn an_unused_lease_goes_back_to_ready() {
+    let pool = pool();
+    let lease = pool.acquire("linux-alpine", "job-1").unwrap();
+    assert_eq!(cap(&pool, "linux-alpine").ready, 0);
+    lease.release_unused().unwrap();
+    let c = cap(&pool, "linux-alpine");
+    assert_eq!((c.total, c.ready, c.busy(), c.broken), (1, 1, 0, 0));
+    // A lease whose VM ran cannot pretend it was unused: the slot breaks instead.
+    let lease = pool.acquire("linux-alpine", "job-2").unwrap();
+    lease.running().unwrap();
+    lease.collecting().unwrap();
+    assert!(lease.release_unused().is_err());
+    assert_eq!(cap(&pool, "linux-alpine").broken, 1);
 }

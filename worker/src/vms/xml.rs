@@ -138,13 +138,15 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
         let throwaway = index == 0 && config.hard_disk.is_some();
         write_disk(
             &mut x,
-            if throwaway { "disk unsafe" } else { "disk" },
-            &disk.path.to_string_lossy(),
-            disk.format,
-            disk.read_only,
-            bus,
-            &disk_target(prefix, index),
-            disk.backing_file.as_deref().filter(|_| qemu),
+            &DiskXml {
+                device: if throwaway { "disk unsafe" } else { "disk" },
+                path: &disk.path.to_string_lossy(),
+                format: disk.format,
+                read_only: disk.read_only,
+                bus,
+                target: &disk_target(prefix, index),
+                backing_file: disk.backing_file.as_deref().filter(|_| qemu),
+            },
         );
     }
     if let Some(iso) = &config.iso {
@@ -154,13 +156,15 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
         };
         write_disk(
             &mut x,
-            "cdrom",
-            &iso.to_string_lossy(),
-            DiskFormat::Raw,
-            true,
-            cd_bus,
-            &cd_target,
-            None,
+            &DiskXml {
+                device: "cdrom",
+                path: &iso.to_string_lossy(),
+                format: DiskFormat::Raw,
+                read_only: true,
+                bus: cd_bus,
+                target: &cd_target,
+                backing_file: None,
+            },
         );
     }
     if let Some(log) = &config.serial_log {
@@ -183,17 +187,27 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
     x
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_disk(
-    x: &mut String,
-    device: &str,
-    path: &str,
+/// One `<disk>` element: `device` is `disk`, `disk <cache mode>` or `cdrom`.
+struct DiskXml<'a> {
+    device: &'a str,
+    path: &'a str,
     format: DiskFormat,
     read_only: bool,
-    bus: &str,
-    target: &str,
-    backing_file: Option<&std::path::Path>,
-) {
+    bus: &'a str,
+    target: &'a str,
+    backing_file: Option<&'a std::path::Path>,
+}
+
+fn write_disk(x: &mut String, disk: &DiskXml<'_>) {
+    let DiskXml {
+        device,
+        path,
+        format,
+        read_only,
+        bus,
+        target,
+        backing_file,
+    } = *disk;
     let (device, cache) = match device.split_once(' ') {
         Some((device, cache)) => (device, format!(" cache='{cache}'")),
         None => (device, String::new()),

@@ -13,6 +13,7 @@ use super::snapshot;
 use super::AgentOptions;
 use crate::behaviour::{Observations, Phase, TraceContext, Verdict};
 use crate::job::{GuestJob, InputFile, InputRole};
+use crate::layout;
 use crate::recipe::{TaskKind, TaskSpec};
 use crate::results::{
     ImportMetrics, InstallMetrics, ModuleImport, TaskMetrics, TaskStatus, MAX_LISTED,
@@ -30,7 +31,7 @@ const MAX_TRACE_COPY_BYTES: usize = 4 << 20;
 const IMPORT_ONE: &str = "import importlib, sys; importlib.import_module(sys.argv[1])";
 const IMPORT_ALL: &str = "import importlib, sys\nfor name in sys.argv[1:]:\n    try:\n        importlib.import_module(name)\n    except BaseException as error:\n        print(name, repr(error))\n";
 
-/// What a task reports before the runner adds timing and the log.
+/// What a task reports before the agent adds timing and the log.
 pub struct TaskOutput {
     /// How it ended.
     pub status: TaskStatus,
@@ -189,7 +190,7 @@ impl<'a> TaskContext<'a> {
     pub fn pip_install(&self, venv: &Venv, targets: &[String]) -> Command {
         let mut command = self.children.command(venv.python(), Some(&venv.root));
         command.args(["-m", "pip", "install", "--no-index"]);
-        for dir in ["wheels", "tools", "dist"] {
+        for dir in layout::FIND_LINKS_DIRS {
             let path = self.io(dir);
             if path.is_dir() {
                 command.arg("--find-links").arg(path);
@@ -423,21 +424,21 @@ impl<'a> TaskContext<'a> {
         ] {
             let text = read_capped(path, MAX_TRACE_BYTES);
             observations.read_trace(&text, phase, &context);
-            let copy = format!(
-                "logs/behaviour-{}.strace",
-                if phase == Phase::Install {
-                    "install"
-                } else {
-                    "import"
-                }
-            );
+            let copy = layout::behaviour_trace(if phase == Phase::Install {
+                "install"
+            } else {
+                "import"
+            });
             if !text.is_empty() {
                 let cut = text.len().min(MAX_TRACE_COPY_BYTES);
                 let cut = (0..=cut)
                     .rev()
                     .find(|i| text.is_char_boundary(*i))
                     .unwrap_or(0);
-                std::fs::write(self.options.io_dir.join("results").join(copy), &text[..cut])?;
+                std::fs::write(
+                    layout::results_dir(&self.options.io_dir).join(copy),
+                    &text[..cut],
+                )?;
             }
         }
         let mut report = observations.report();

@@ -8,8 +8,8 @@ use std::time::Duration;
 use pyti::proto::{self, results_message::Message as M, ResultsMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::consume::Farm;
-use super::{spool, JobReport};
+use super::consume::MasterLink;
+use super::{spool, AttemptReport};
 
 /// Log chunks stay well under gRPC's default 4 MiB message limit.
 const LOG_CHUNK_BYTES: usize = 256 * 1024;
@@ -19,7 +19,7 @@ pub fn results_messages(
     worker_id: &str,
     job_id: &str,
     attempt: u32,
-    report: JobReport,
+    report: AttemptReport,
 ) -> Vec<ResultsMessage> {
     let wrap = |message| ResultsMessage {
         message: Some(message),
@@ -58,7 +58,7 @@ pub fn results_messages(
     messages
 }
 
-impl Farm {
+impl MasterLink {
     /// Renews the lease of a running job every `every` until aborted; fires `cancel`
     /// when the master says the job was cancelled or no longer runs here.
     pub(super) async fn renew(
@@ -69,7 +69,7 @@ impl Farm {
         cancel: CancellationToken,
     ) {
         let request = proto::RenewLeaseRequest {
-            worker_id: self.settings.worker_id.clone(),
+            worker_id: self.worker_id().to_owned(),
             job_id: job_id.clone(),
             attempt,
         };
@@ -98,9 +98,9 @@ impl Farm {
         &self,
         job_id: &str,
         attempt: u32,
-        report: JobReport,
+        report: AttemptReport,
     ) -> Option<PathBuf> {
-        let messages = results_messages(&self.settings.worker_id, job_id, attempt, report);
+        let messages = results_messages(self.worker_id(), job_id, attempt, report);
         let dir = self.settings.spool_dir.clone();
         let id = job_id.to_owned();
         let kept = messages.clone();
@@ -110,7 +110,9 @@ impl Farm {
             Ok(Ok(path)) => Some(path),
             Ok(Err(error)) => {
                 tracing::error!(%job_id, %error, "Cannot spool results; sending them unspooled");
-                let _ = self.send(messages).await;
+                if let Err(status) = self.send(messages).await {
+                    tracing::error!(%job_id, error = %status.message(), "Unspooled results could not be sent: they are lost");
+                }
                 None
             }
             Err(error) => {
@@ -187,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_report_becomes_header_tasks_chunks_and_final() {
-        let report = JobReport {
+        let report = AttemptReport {
             outcome: Outcome::Passed,
             tasks: vec![proto::TaskResult {
                 task: "install".into(),

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
-use super::{FarmHandle, FarmSettings, JobRunner};
+use super::{JobExecutor, MasterLinkHandle, MasterLinkSettings};
+use crate::capacity::Refusal;
+use crate::stateofvm::{PoolSnapshot, SlotLease};
 
 /// Where the master told this worker to take jobs from, and how often to renew.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,36 +26,33 @@ pub(super) struct Assignment {
     pub renew_every: Duration,
 }
 
-/// The running farm loop's state.
-pub(super) struct Farm {
-    pub settings: FarmSettings,
+/// The running master link's state.
+pub(super) struct MasterLink {
+    pub settings: MasterLinkSettings,
     pub registry: WorkerRegistryClient<Channel>,
-    pub handle: FarmHandle,
+    pub handle: MasterLinkHandle,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
-async fn give_back(delivery: &Delivery) {
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: false,
-            ..Default::default()
-        })
-        .await;
+/// Nacks `delivery`: `requeue` puts it back in this worker's queue, otherwise it is
+/// dead-lettered to the returned queue and the master places it elsewhere.
+async fn nack(delivery: &Delivery, job_id: &str, requeue: bool) {
+    let options = BasicNackOptions {
+        requeue,
+        ..Default::default()
+    };
+    if let Err(error) = delivery.acker.nack(options).await {
+        // The channel is gone: RabbitMQ redelivers the unacked message by itself.
+        tracing::warn!(%job_id, %error, requeue, "Could not hand the job back; RabbitMQ redelivers it");
+    }
 }
 
-async fn put_back(delivery: &Delivery) {
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
-}
+impl MasterLink {
+    pub(super) fn worker_id(&self) -> &str {
+        self.handle.capacity().worker_id()
+    }
 
-impl Farm {
     /// Registers now and every `register_interval`, publishing the assignment.
     pub(super) async fn keep_registered(
         self: Arc<Self>,
@@ -61,30 +60,13 @@ impl Farm {
     ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let capacity = proto::Capacity {
-                worker_id: self.settings.worker_id.clone(),
-                platforms: self
-                    .handle
-                    .capacity()
-                    .into_iter()
-                    .map(|c| proto::PlatformCapacity {
-                        platform: c.platform,
-                        variants: c.variants,
-                        total: c.total,
-                        ready: c.ready,
-                        ..Default::default()
-                    })
-                    .collect(),
-                draining: self.handle.is_draining(),
-                at: Some(pyti::grpc::now_timestamp()),
-            };
             let answer = self
                 .registry
                 .clone()
                 .register(proto::RegisterRequest {
-                    worker_id: self.settings.worker_id.clone(),
+                    worker_id: self.worker_id().to_owned(),
                     control_address: self.settings.control_address.clone(),
-                    capacity: Some(capacity),
+                    capacity: Some(self.handle.capacity().advertised()),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                 })
                 .await;
@@ -106,7 +88,7 @@ impl Farm {
                     self.settings.register_interval
                 }
                 Err(status) => {
-                    tracing::warn!(worker_id = %self.settings.worker_id, error = %status.message(), "Cannot register with the master; retrying");
+                    tracing::warn!(worker_id = %self.worker_id(), error = %status.message(), "Cannot register with the master; retrying");
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     backoff
                 }
@@ -118,13 +100,23 @@ impl Farm {
         }
     }
 
+    /// Sleeps `backoff` (false: shutdown came first) and doubles it up to 5 s.
+    async fn back_off(&self, backoff: &mut Duration) -> bool {
+        let slept = tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep(*backoff) => true,
+        };
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        slept
+    }
+
     /// Consumes the assigned queue until shutdown or drain, reconnecting after losses.
-    pub(super) async fn consume<R: JobRunner>(
+    pub(super) async fn consume<E: JobExecutor>(
         self: Arc<Self>,
         mut assignment: watch::Receiver<Option<Assignment>>,
-        runner: Arc<R>,
+        executor: Arc<E>,
     ) {
-        let mut draining = self.handle.draining_changes();
+        let mut pool_changes = self.handle.capacity().changes();
         let mut backoff = Duration::from_millis(100);
         loop {
             let current = tokio::select! {
@@ -134,10 +126,10 @@ impl Farm {
                     Err(_) => return,
                 },
             };
-            if self.handle.is_draining() {
+            if self.handle.capacity().is_draining() {
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
-                    _ = draining.changed() => continue,
+                    _ = pool_changes.changed() => continue,
                 }
             }
             let connection =
@@ -147,11 +139,9 @@ impl Farm {
                     Ok(connection) => connection,
                     Err(error) => {
                         tracing::warn!(%error, "Cannot reach RabbitMQ; retrying");
-                        tokio::select! {
-                            () = self.shutdown.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                        if !self.back_off(&mut backoff).await {
+                            return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 };
@@ -159,43 +149,43 @@ impl Farm {
                 .consume_on(
                     &connection,
                     &current,
-                    &runner,
+                    &executor,
                     &mut assignment,
-                    &mut draining,
+                    &mut pool_changes,
                 )
                 .await;
-            let _ = connection.close(200, "stopping").await;
+            if let Err(error) = connection.close(200, "stopping").await {
+                tracing::debug!(%error, "The RabbitMQ connection was already closed");
+            }
             match consumed {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(error) => {
                     tracing::warn!(%error, queue = %current.queue, "Lost the job queue; reconnecting");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !self.back_off(&mut backoff).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
     }
 
-    async fn consume_on<R: JobRunner>(
+    async fn consume_on<E: JobExecutor>(
         self: &Arc<Self>,
         connection: &Connection,
         current: &Assignment,
-        runner: &Arc<R>,
+        executor: &Arc<E>,
         assignment: &mut watch::Receiver<Option<Assignment>>,
-        draining: &mut watch::Receiver<bool>,
+        pool_changes: &mut watch::Receiver<PoolSnapshot>,
     ) -> Result<(), lapin::Error> {
         let channel = connection.create_channel().await?;
-        let slots: u32 = self.settings.platforms.iter().map(|p| p.total).sum();
+        let slots = self.handle.capacity().pool().slots().len();
         channel
             .basic_qos(
                 u16::try_from(slots.max(1)).unwrap_or(u16::MAX),
                 BasicQosOptions::default(),
             )
             .await?;
-        let tag = format!("pyti-worker-{}", self.settings.worker_id);
+        let tag = format!("pyti-worker-{}", self.worker_id());
         let mut consumer = channel
             .basic_consume(
                 &current.queue,
@@ -209,8 +199,8 @@ impl Farm {
             let next = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(()),
                 _ = assignment.changed() => return Ok(()),
-                _ = draining.changed() => {
-                    if self.handle.is_draining() {
+                _ = pool_changes.changed() => {
+                    if self.handle.capacity().is_draining() {
                         tracing::info!("Draining: no more jobs taken");
                         return Ok(());
                     }
@@ -220,11 +210,11 @@ impl Farm {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let farm = Arc::clone(self);
-                    let runner = Arc::clone(runner);
+                    let link = Arc::clone(self);
+                    let executor = Arc::clone(executor);
                     let renew_every = current.renew_every;
                     self.tasks
-                        .spawn(async move { farm.take(delivery, runner, renew_every).await });
+                        .spawn(async move { link.take(delivery, executor, renew_every).await });
                 }
                 Some(Err(error)) => return Err(error),
                 None => {
@@ -236,58 +226,31 @@ impl Farm {
         }
     }
 
-    /// One delivery: reserve a slot, have the master record RUNNING, ack, run, report.
-    async fn take<R: JobRunner>(
+    /// One delivery: take a slot lease, have the master record RUNNING, ack, run the
+    /// job in the leased slot, report.
+    async fn take<E: JobExecutor>(
         self: Arc<Self>,
         delivery: Delivery,
-        runner: Arc<R>,
+        executor: Arc<E>,
         renew_every: Duration,
     ) {
         let Ok(job) = QueuedJob::decode(delivery.data.as_slice()) else {
             tracing::error!("Giving back a message that is not a QueuedJob");
-            give_back(&delivery).await;
+            nack(&delivery, "", false).await;
             return;
         };
         let job_id = job.job_id.clone();
-        let reserved = self
-            .handle
-            .reserve(&job)
-            .and_then(|cancel| match runner.can_run(&job) {
-                Ok(()) => Ok(cancel),
-                Err(reason) => {
-                    self.handle.release(&job_id);
-                    Err(reason)
-                }
-            });
-        let cancel = match reserved {
-            Ok(cancel) => cancel,
+        let (lease, cancel) = match self.admit(&job, executor.as_ref()) {
+            Ok(admitted) => admitted,
             Err(reason) => {
                 tracing::info!(%job_id, %reason, "Giving the job back");
-                give_back(&delivery).await;
+                nack(&delivery, &job_id, false).await;
                 return;
             }
         };
-        let request = proto::StartJobRequest {
-            worker_id: self.settings.worker_id.clone(),
-            job_id: job_id.clone(),
-            attempt: job.attempt,
-        };
-        let mut started = None;
-        for wait_ms in [0, 200, 500, 1000, 2000] {
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            match self.registry.clone().start_job(request.clone()).await {
-                Ok(answer) => {
-                    started = Some(answer.into_inner());
-                    break;
-                }
-                Err(status) => {
-                    tracing::warn!(%job_id, error = %status.message(), "StartJob failed")
-                }
-            }
-        }
-        let Some(started) = started else {
-            self.handle.release(&job_id);
-            put_back(&delivery).await;
+        let Some(started) = self.start_job(&job).await else {
+            self.unused(lease, &job_id);
+            nack(&delivery, &job_id, true).await;
             return;
         };
         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
@@ -295,7 +258,7 @@ impl Farm {
         }
         if !started.proceed {
             tracing::info!(%job_id, reason = %started.reason, "The master says not to run it");
-            self.handle.release(&job_id);
+            self.unused(lease, &job_id);
             return;
         }
         let renewing = self.tasks.spawn(Arc::clone(&self).renew(
@@ -305,12 +268,55 @@ impl Farm {
             cancel.clone(),
         ));
         let attempt = job.attempt;
-        let report = runner.run(job, cancel).await;
+        let report = executor.run(job, lease, cancel).await;
         renewing.abort();
         let path = self.spool(&job_id, attempt, report).await;
-        self.handle.release(&job_id);
+        self.handle.finish(&job_id);
         if let Some(path) = path {
             self.send_spooled(path).await;
         }
+    }
+
+    /// The lease and cancel token for `job`, or why it must be given back.
+    fn admit<E: JobExecutor>(
+        &self,
+        job: &QueuedJob,
+        executor: &E,
+    ) -> Result<(SlotLease, CancellationToken), Refusal> {
+        let (lease, cancel) = self.handle.accept(job)?;
+        if let Err(reason) = executor.can_run(job) {
+            self.unused(lease, &job.job_id);
+            return Err(Refusal::Executor(reason));
+        }
+        Ok((lease, cancel))
+    }
+
+    /// Has the master record `job` RUNNING here (retrying a few times); `None` when it
+    /// could not be reached.
+    async fn start_job(&self, job: &QueuedJob) -> Option<proto::StartJobResponse> {
+        let request = proto::StartJobRequest {
+            worker_id: self.worker_id().to_owned(),
+            job_id: job.job_id.clone(),
+            attempt: job.attempt,
+        };
+        for wait_ms in [0, 200, 500, 1000, 2000] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            match self.registry.clone().start_job(request.clone()).await {
+                Ok(answer) => return Some(answer.into_inner()),
+                Err(status) => {
+                    tracing::warn!(job_id = %job.job_id, error = %status.message(), "StartJob failed")
+                }
+            }
+        }
+        None
+    }
+
+    /// Gives back the slot of a job that never started, and forgets the job.
+    fn unused(&self, lease: SlotLease, job_id: &str) {
+        let slot = lease.name().to_owned();
+        if let Err(error) = lease.release_unused() {
+            tracing::warn!(%job_id, %slot, %error, "The unused slot could not be released; it is marked broken");
+        }
+        self.handle.finish(job_id);
     }
 }

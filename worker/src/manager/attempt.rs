@@ -1,6 +1,7 @@
-//! The manager as the farm's [`JobRunner`]: a job from the master's queue runs through
-//! the same pipeline as `pyti-vm-run`, and what it produced is turned into the farm's
-//! report (protocol outcome, task results, logs, the results dict).
+//! The manager as the master link's [`JobExecutor`]: a job from the master's queue runs
+//! through the same pipeline as `pyti-vm-run`, in the slot the link leased for it, and
+//! what it produced becomes the [`AttemptReport`] for the master (protocol outcome,
+//! task results, logs, the results dict).
 
 use std::path::Path;
 
@@ -8,44 +9,31 @@ use pyti::model::JobSpec;
 use pyti::proto::{self, Outcome, QueuedJob};
 use pyti_guest::results::{Results, TaskStatus};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-use super::{JobReport as RunReport, JobRequest, Manager, RunError};
-use crate::farm::{JobReport, JobRunner};
+use super::{release_unused, JobRequest, Manager, RunError, RunReport};
+use crate::masterlink::{AttemptReport, JobExecutor};
+use crate::stateofvm::SlotLease;
 
 /// Largest log sent to the master per task (the guest caps its logs too).
 const MAX_LOG_BYTES: u64 = 8 << 20;
 
-impl JobRunner for Manager {
-    fn can_run(&self, job: &QueuedJob) -> Result<(), String> {
-        let spec = job.spec.clone().unwrap_or_default();
-        let Some(runtime) = self.platforms.get(&spec.platform_identifier) else {
-            return Err(format!("no platform {:?} here", spec.platform_identifier));
-        };
-        if let Some(missing) = spec
-            .platform_variants
-            .iter()
-            .find(|v| !runtime.config.variants.contains(v))
-        {
-            return Err(format!(
-                "platform {} has no variant {missing:?}",
-                spec.platform_identifier
-            ));
-        }
-        if self.pool.snapshot().ready(&spec.platform_identifier) == 0 {
-            return Err(format!("no ready VM slot for {}", spec.platform_identifier));
-        }
-        Ok(())
-    }
-
-    async fn run(&self, job: QueuedJob, cancel: CancellationToken) -> JobReport {
+impl JobExecutor for Manager {
+    async fn run(
+        &self,
+        job: QueuedJob,
+        lease: SlotLease,
+        cancel: CancellationToken,
+    ) -> AttemptReport {
         let spec = match JobSpec::try_from(job.spec.clone().unwrap_or_default()) {
             Ok(spec) => spec,
             Err(error) => {
-                return JobReport {
+                release_unused(lease, &job.job_id);
+                return AttemptReport {
                     outcome: Outcome::ResolutionFailed,
                     error: error.to_string(),
                     ..Default::default()
-                }
+                };
             }
         };
         let request = JobRequest {
@@ -54,20 +42,27 @@ impl JobRunner for Manager {
             spec,
             local_distribution: None,
         };
-        let result = Manager::run(self, &request, None, cancel).await;
+        let result = Manager::run(self, &request, lease, None, cancel).await;
         let report = match &result {
             Ok(run) => report_of_run(run),
             Err(error) => report_of_error(error),
         };
-        let _ = tokio::fs::remove_dir_all(self.config.root.join("runs").join(&job.job_id)).await;
+        let run_dir = self.config.root.join("runs").join(&job.job_id);
+        match tokio::fs::remove_dir_all(&run_dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                warn!(job_id = %job.job_id, path = %run_dir.display(), %error, "The run directory could not be removed")
+            }
+        }
         report
     }
 }
 
-/// The farm report of a run that produced results.
-pub fn report_of_run(run: &RunReport) -> JobReport {
+/// The master's report of a run that produced results.
+pub fn report_of_run(run: &RunReport) -> AttemptReport {
     let results = &run.results;
-    JobReport {
+    AttemptReport {
         outcome: results.outcome.into(),
         tasks: results.tasks.iter().map(task_result).collect(),
         logs: read_logs(&run.results_dir, results),
@@ -83,9 +78,9 @@ pub fn report_of_run(run: &RunReport) -> JobReport {
     }
 }
 
-/// The farm report of a run that produced no results.
-pub fn report_of_error(error: &RunError) -> JobReport {
-    JobReport {
+/// The master's report of a run that produced no results.
+pub fn report_of_error(error: &RunError) -> AttemptReport {
+    AttemptReport {
         outcome: error.outcome().into(),
         error: error.to_string(),
         ..Default::default()

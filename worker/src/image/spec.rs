@@ -25,9 +25,12 @@ pub const AGENT_PATH: &str = "/usr/local/bin/pyti-guest";
 /// The virtualenv template made at build time (creating one costs ~26 s under TCG).
 pub const VENV_PATH: &str = "/opt/pyti/venv";
 
+/// The guest's interpreter (Debian's `python3` package).
+pub const PYTHON_PATH: &str = "/usr/bin/python3";
+
 /// How to build one platform's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageRecipe {
+pub struct ImageSpec {
     /// Platform identifier, e.g. `linux-debian`.
     pub platform: String,
     /// Debian suite.
@@ -41,10 +44,10 @@ pub struct ImageRecipe {
 }
 
 /// The platforms this builder knows, by identifier.
-pub fn recipe_for(platform: &str) -> Option<ImageRecipe> {
+pub fn spec_for(platform: &str) -> Option<ImageSpec> {
     let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
     match platform {
-        "linux-debian" => Some(ImageRecipe {
+        "linux-debian" => Some(ImageSpec {
             platform: platform.to_owned(),
             suite: "bookworm".into(),
             variant: "minbase".into(),
@@ -62,11 +65,11 @@ pub fn recipe_for(platform: &str) -> Option<ImageRecipe> {
     }
 }
 
-/// Identifiers of every platform `recipe_for` knows.
+/// Identifiers of every platform `spec_for` knows.
 pub const PLATFORMS: &[&str] = &["linux-debian"];
 
-/// The image hash (64 hex digits) of a recipe built with a given agent.
-pub fn image_hash(recipe: &ImageRecipe, agent_sha256: &str) -> String {
+/// The image hash (64 hex digits) of a spec built with a given agent.
+pub fn image_hash(spec: &ImageSpec, agent_sha256: &str) -> String {
     let mut hasher = Sha256::new();
     let mut field = |name: &str, value: &str| {
         hasher.update(name.as_bytes());
@@ -76,18 +79,18 @@ pub fn image_hash(recipe: &ImageRecipe, agent_sha256: &str) -> String {
     };
     field("builder", &BUILDER_VERSION.to_string());
     field("init", INIT_SCRIPT);
-    field("platform", &recipe.platform);
-    field("suite", &recipe.suite);
-    field("variant", &recipe.variant);
-    field("packages", &recipe.packages.join(","));
-    field("modules", &recipe.initramfs_modules.join(","));
+    field("platform", &spec.platform);
+    field("suite", &spec.suite);
+    field("variant", &spec.variant);
+    field("packages", &spec.packages.join(","));
+    field("modules", &spec.initramfs_modules.join(","));
     field("venv", VENV_PATH);
     field(
         "initramfs-init",
         &super::initramfs::init_script(&[], INIT_PATH),
     );
     field("agent", agent_sha256);
-    hex::encode(hasher.finalize())
+    pyti_guest::digest::hex(&hasher.finalize())
 }
 
 /// Directory name of an image: `<platform>-<first 16 hex digits of the hash>`.
@@ -132,8 +135,10 @@ pub struct Manifest {
     pub hash: String,
     /// `BUILDER_VERSION` at build time.
     pub builder_version: u32,
-    /// The recipe used.
-    pub recipe: ImageRecipe,
+    /// The spec the image was built from. The key stays `recipe` so manifests written
+    /// before the rename still load.
+    #[serde(rename = "recipe")]
+    pub spec: ImageSpec,
     /// SHA-256 of the agent binary baked in.
     pub agent_sha256: String,
     /// Guest kernel release (`uname -r`).
@@ -171,45 +176,46 @@ pub fn is_image_dir_of(path: &Path, platform: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pyti_guest::layout;
 
     #[test]
     fn known_platform_has_the_packages_the_guest_needs() {
-        let recipe = recipe_for("linux-debian").unwrap();
+        let spec = spec_for("linux-debian").unwrap();
         for package in [
             "python3",
             "python3-venv",
             "strace",
             "linux-image-cloud-amd64",
         ] {
-            assert!(recipe.packages.iter().any(|p| p == package), "{package}");
+            assert!(spec.packages.iter().any(|p| p == package), "{package}");
         }
         for module in ["virtio_pci", "virtio_blk"] {
-            assert!(recipe.initramfs_modules.iter().any(|m| m == module));
+            assert!(spec.initramfs_modules.iter().any(|m| m == module));
         }
-        assert!(recipe_for("windows").is_none());
-        assert!(PLATFORMS.iter().all(|p| recipe_for(p).is_some()));
+        assert!(spec_for("windows").is_none());
+        assert!(PLATFORMS.iter().all(|p| spec_for(p).is_some()));
     }
 
     #[test]
     fn hash_changes_with_every_input_and_only_then() {
-        let recipe = recipe_for("linux-debian").unwrap();
-        let base = image_hash(&recipe, "aa");
-        assert_eq!(base, image_hash(&recipe, "aa"));
+        let spec = spec_for("linux-debian").unwrap();
+        let base = image_hash(&spec, "aa");
+        assert_eq!(base, image_hash(&spec, "aa"));
         assert_eq!(base.len(), 64);
-        assert_ne!(base, image_hash(&recipe, "ab"));
-        let mut other = recipe.clone();
+        assert_ne!(base, image_hash(&spec, "ab"));
+        let mut other = spec.clone();
         other.suite = "trixie".into();
         assert_ne!(base, image_hash(&other, "aa"));
-        let mut other = recipe.clone();
+        let mut other = spec.clone();
         other.packages.push("git".into());
         assert_ne!(base, image_hash(&other, "aa"));
-        let mut other = recipe.clone();
+        let mut other = spec.clone();
         other.initramfs_modules.pop();
         assert_ne!(base, image_hash(&other, "aa"));
         // Field boundaries are unambiguous: moving a character between fields changes it.
-        let mut a = recipe.clone();
+        let mut a = spec.clone();
         a.packages = vec!["ab".into(), "c".into()];
-        let mut b = recipe.clone();
+        let mut b = spec.clone();
         b.packages = vec!["a".into(), "bc".into()];
         assert_ne!(image_hash(&a, "x"), image_hash(&b, "x"));
     }
@@ -263,5 +269,13 @@ mod tests {
         assert!(INIT_SCRIPT.contains("\"$agent\" run --io /io"));
         assert!(INIT_SCRIPT.contains(VENV_PATH));
         assert!(INIT_SCRIPT.contains("modprobe -qa vfat"));
+        // The script spells the IO disk's layout itself: it must be the shared one.
+        for name in [
+            layout::RESULTS_FILE,
+            layout::AGENT_ERROR_FILE,
+            layout::SELFTEST_FILE,
+        ] {
+            assert!(INIT_SCRIPT.contains(&format!("/io/{}", layout::in_results(name))));
+        }
     }
 }

@@ -17,7 +17,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::job::{sha256_file, GuestJob, JobIdentity};
+use crate::digest::sha256_file;
+use crate::job::{GuestJob, JobIdentity};
+use crate::layout;
 use crate::results::{
     decide_outcome, GuestPlatform, InputCheck, Outcome, Results, TaskResult, TaskStatus,
     RESULTS_SCHEMA_VERSION,
@@ -83,12 +85,12 @@ pub fn run_and_write(options: &AgentOptions) -> std::io::Result<Results> {
 
 /// Writes `results/results.json` via a temporary file and a rename.
 pub fn write_results(io_dir: &Path, results: &Results) -> std::io::Result<()> {
-    let dir = io_dir.join("results");
+    let dir = layout::results_dir(io_dir);
     std::fs::create_dir_all(&dir)?;
     let text = serde_json::to_vec_pretty(results).map_err(std::io::Error::other)?;
-    let temporary = dir.join("results.json.tmp");
+    let temporary = dir.join(format!("{}.tmp", layout::RESULTS_FILE));
     std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, dir.join("results.json"))
+    std::fs::rename(&temporary, dir.join(layout::RESULTS_FILE))
 }
 
 /// Most bytes of a task's log copied onto the IO disk; the rest is cut with a note.
@@ -177,7 +179,7 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
         Err(error) => return failed_run(None, Outcome::DiskError, error.to_string(), started),
     };
     let inputs = check_inputs(&options.io_dir, &job);
-    let logs = options.io_dir.join("results").join("logs");
+    let logs = layout::results_dir(&options.io_dir).join(layout::LOGS_DIR);
     let prepared = std::fs::create_dir_all(&logs).and_then(|()| env::fresh_dir(&options.work_dir));
     if let Err(error) = prepared {
         let detail = format!(
@@ -214,8 +216,8 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
     let mut context = tasks::TaskContext::new(options, &job, python);
     for spec in &job.recipe.tasks {
         let task_started = Instant::now();
-        let log_name = format!("logs/{}.log", spec.kind);
-        let log_path = options.io_dir.join("results").join(&log_name);
+        let log_name = layout::task_log(spec.kind.as_str());
+        let log_path = layout::results_dir(&options.io_dir).join(&log_name);
         let work_log = options.work_dir.join(format!("{}.log", spec.kind));
         progress(&format!("task {} started", spec.kind));
         let ran = catch_unwind(AssertUnwindSafe(|| context.run_task(spec, &work_log)));

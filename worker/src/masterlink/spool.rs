@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use pyti::proto::ResultsMessage;
 
-use super::FarmError;
+use super::MasterLinkError;
 
 /// One attempt's spooled results.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +32,8 @@ pub fn write(
     job_id: &str,
     attempt: u32,
     messages: &[ResultsMessage],
-) -> Result<PathBuf, FarmError> {
-    let io = |e| FarmError::Spool {
+) -> Result<PathBuf, MasterLinkError> {
+    let io = |e| MasterLinkError::Spool {
         path: dir.to_owned(),
         source: e,
     };
@@ -54,25 +54,29 @@ pub fn write(
     }
     std::fs::rename(&temporary, &path).map_err(io)?;
     if let Ok(directory) = std::fs::File::open(dir) {
-        let _ = directory.sync_all();
+        // The rename is done; a failed directory sync only risks it on a power cut.
+        if let Err(error) = directory.sync_all() {
+            tracing::warn!(dir = %dir.display(), %error, "The spool directory could not be synced");
+        }
     }
     Ok(path)
 }
 
 /// Reads one spool file back.
-pub fn read(path: &Path) -> Result<Spooled, FarmError> {
-    let bytes = std::fs::read(path).map_err(|e| FarmError::Spool {
+pub fn read(path: &Path) -> Result<Spooled, MasterLinkError> {
+    let bytes = std::fs::read(path).map_err(|e| MasterLinkError::Spool {
         path: path.to_owned(),
         source: e,
     })?;
     let mut buffer = bytes.as_slice();
     let mut messages = Vec::new();
     while !buffer.is_empty() {
-        let message =
-            ResultsMessage::decode_length_delimited(&mut buffer).map_err(|e| FarmError::Spool {
+        let message = ResultsMessage::decode_length_delimited(&mut buffer).map_err(|e| {
+            MasterLinkError::Spool {
                 path: path.to_owned(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
+            }
+        })?;
         messages.push(message);
     }
     Ok(Spooled {
@@ -82,12 +86,12 @@ pub fn read(path: &Path) -> Result<Spooled, FarmError> {
 }
 
 /// Every spooled result under `dir` (none when it does not exist), oldest name first.
-pub fn pending(dir: &Path) -> Result<Vec<PathBuf>, FarmError> {
+pub fn pending(dir: &Path) -> Result<Vec<PathBuf>, MasterLinkError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(FarmError::Spool {
+            return Err(MasterLinkError::Spool {
                 path: dir.to_owned(),
                 source: e,
             })
@@ -102,8 +106,8 @@ pub fn pending(dir: &Path) -> Result<Vec<PathBuf>, FarmError> {
 }
 
 /// Deletes a spool file once the master stored its results.
-pub fn remove(path: &Path) -> Result<(), FarmError> {
-    std::fs::remove_file(path).map_err(|e| FarmError::Spool {
+pub fn remove(path: &Path) -> Result<(), MasterLinkError> {
+    std::fs::remove_file(path).map_err(|e| MasterLinkError::Spool {
         path: path.to_owned(),
         source: e,
     })
