@@ -41,7 +41,10 @@ pub fn static_agent() -> PathBuf {
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building the static pyti-guest failed");
-    let agent = workspace.join("target/x86_64-unknown-linux-gnu/release/pyti-guest");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let agent = target.join("x86_64-unknown-linux-gnu/release/pyti-guest");
     pyti_worker::image::agent::check_static_agent(&agent).expect("the agent is static");
     agent
 }
