@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod behaviour;
+pub mod cpu;
 pub mod digest;
 pub mod job;
 pub mod layout;

@@ -48,13 +48,16 @@ pub enum Outcome {
     AgentError,
     /// Farm: an input file on the IO disk does not match its announced sha256.
     InputMismatch,
+    /// Farm: the package met an instruction the guest CPU does not have (SIGILL); the
+    /// platform's fault, naming the missing CPU features.
+    CpuUnsupported,
     /// Nobody's fault: stopped on request.
     Cancelled,
 }
 
 impl Outcome {
     /// Every outcome, in protocol order.
-    pub const ALL: [Outcome; 17] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::Passed,
         Outcome::InstallFailed,
         Outcome::ImportFailed,
@@ -71,6 +74,7 @@ impl Outcome {
         Outcome::IndexUnreachable,
         Outcome::AgentError,
         Outcome::InputMismatch,
+        Outcome::CpuUnsupported,
         Outcome::Cancelled,
     ];
 
@@ -85,6 +89,7 @@ impl Outcome {
                 | Outcome::IndexUnreachable
                 | Outcome::AgentError
                 | Outcome::InputMismatch
+                | Outcome::CpuUnsupported
         )
     }
 
@@ -112,6 +117,7 @@ impl Outcome {
             Outcome::IndexUnreachable => "index_unreachable",
             Outcome::AgentError => "agent_error",
             Outcome::InputMismatch => "input_mismatch",
+            Outcome::CpuUnsupported => "cpu_unsupported",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -153,6 +159,7 @@ mod tests {
                 Outcome::IndexUnreachable,
                 Outcome::AgentError,
                 Outcome::InputMismatch,
+                Outcome::CpuUnsupported,
             ]
         );
         for outcome in Outcome::ALL {

@@ -18,7 +18,11 @@ pub use crate::outcome::Outcome;
 use crate::recipe::TaskKind;
 
 /// Version of the results format written by this build.
-pub const RESULTS_SCHEMA_VERSION: u32 = 1;
+pub const RESULTS_SCHEMA_VERSION: u32 = 2;
+
+/// The oldest results format this reader still accepts: each version since only added
+/// optional fields (2: `platform.cpu`, `tasks[].platform_fault`).
+pub const OLDEST_READABLE_SCHEMA_VERSION: u32 = 1;
 
 /// The most entries the guest writes into any one list; the rest is counted, not listed.
 pub const MAX_LISTED: usize = 2000;
@@ -59,6 +63,9 @@ pub struct GuestPlatform {
     pub image_hash: Option<String>,
     /// Version of the agent that wrote the results.
     pub agent_version: String,
+    /// The CPU the guest saw (model, x86-64 level, flags); absent in old results.
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::CpuInfo>,
 }
 
 /// An input file as checked by the guest.
@@ -122,6 +129,10 @@ pub struct TaskResult {
     pub message: String,
     /// What it measured, if it got far enough to measure anything.
     pub metrics: Option<TaskMetrics>,
+    /// Set (with status `error`) when the farm's platform, not the package, made the
+    /// task fail: e.g. an instruction the guest CPU lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_fault: Option<String>,
 }
 
 /// What a task measured; the key names the task kind.
@@ -279,6 +290,12 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
             return (outcome, format!("{kind}: {}", task.message));
         }
     }
+    if let Some((task, fault)) = tasks
+        .iter()
+        .find_map(|t| t.platform_fault.as_ref().map(|fault| (t, fault)))
+    {
+        return (Outcome::CpuUnsupported, format!("{}: {fault}", task.name));
+    }
     if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::Error) {
         return (
             Outcome::AgentError,
@@ -374,7 +391,7 @@ pub enum ResultsError {
     Syntax(String),
     /// Written by an agent speaking another version.
     #[error(
-        "results.json has schema_version {found:?}; this reader accepts {RESULTS_SCHEMA_VERSION}"
+        "results.json has schema_version {found:?}; this reader accepts {OLDEST_READABLE_SCHEMA_VERSION} to {RESULTS_SCHEMA_VERSION}"
     )]
     Version {
         /// What the file says.
@@ -394,7 +411,7 @@ pub enum ResultsError {
 ///
 /// Refuses, in order: more than `limits.max_bytes`; anything that is not JSON (nesting
 /// deeper than 128 is refused by the JSON parser); a `schema_version` other than
-/// [`RESULTS_SCHEMA_VERSION`]; any string, array or object over its cap; and anything
+/// [`OLDEST_READABLE_SCHEMA_VERSION`]..=[`RESULTS_SCHEMA_VERSION`]; any string, array or object over its cap; and anything
 /// that does not match the types exactly. Unknown fields are refused everywhere except
 /// inside the host-owned `metadata` metrics: a newer guest that adds a field must bump
 /// `schema_version`, so an unknown field means corruption or tampering, not a newer
@@ -409,7 +426,11 @@ pub fn parse_results(bytes: &[u8], limits: &ResultsLimits) -> Result<Results, Re
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ResultsError::Syntax(e.to_string()))?;
     let version = value.get("schema_version");
-    if version.and_then(serde_json::Value::as_u64) != Some(u64::from(RESULTS_SCHEMA_VERSION)) {
+    let readable = u64::from(OLDEST_READABLE_SCHEMA_VERSION)..=u64::from(RESULTS_SCHEMA_VERSION);
+    if !version
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|v| readable.contains(&v))
+    {
         return Err(ResultsError::Version {
             found: version.cloned(),
         });

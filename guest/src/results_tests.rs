@@ -10,6 +10,7 @@ fn task(name: TaskKind, status: TaskStatus, metrics: Option<TaskMetrics>) -> Tas
         log: Some(format!("logs/{name}.log")),
         message: format!("{name} message"),
         metrics,
+        platform_fault: None,
     }
 }
 
@@ -66,6 +67,9 @@ fn sample() -> Results {
             machine: "x86_64".into(),
             image_hash: None,
             agent_version: "0.1.0".into(),
+            cpu: Some(crate::cpu::parse_cpuinfo(
+                "model name\t: QEMU TCG CPU\nflags\t\t: fpu cmov cx8 fxsr mmx syscall sse sse2\n",
+            )),
         },
         inputs: vec![InputCheck {
             path: "dist/x-1.0.tar.gz".into(),
@@ -268,9 +272,12 @@ fn the_reader_refuses_hostile_input() {
     assert!(refuse(deep.as_bytes(), &limits).contains("does not parse"));
 
     let mut version = good.clone();
-    version["schema_version"] = serde_json::json!(2);
+    version["schema_version"] = serde_json::json!(RESULTS_SCHEMA_VERSION + 1);
     assert!(
-        refuse(version.to_string().as_bytes(), &limits).contains("schema_version Some(Number(2))")
+        refuse(version.to_string().as_bytes(), &limits).contains(&format!(
+            "schema_version Some(Number({}))",
+            RESULTS_SCHEMA_VERSION + 1
+        ))
     );
 
     let mut unknown = good.clone();
@@ -331,4 +338,40 @@ fn damaged_files_are_refused_without_panicking() {
             let _ = parse_results(&damaged, &limits);
         }
     }
+}
+
+#[test]
+fn a_platform_fault_is_the_farm_s_unless_the_package_is_malicious() {
+    let mut import = task(TaskKind::Import, TaskStatus::Error, None);
+    import.platform_fault = Some("python3[7] in numpy.so died of SIGILL".into());
+    let (outcome, detail) = decide_outcome(&[
+        task(TaskKind::Install, TaskStatus::Passed, None),
+        import.clone(),
+    ]);
+    assert_eq!(outcome, Outcome::CpuUnsupported);
+    assert!(detail.contains("SIGILL"), "{detail}");
+    assert!(outcome.is_farm_fault());
+    let (outcome, _) = decide_outcome(&[task(TaskKind::Install, TaskStatus::Failed, None), import]);
+    assert_eq!(outcome, Outcome::InstallFailed);
+}
+
+#[test]
+fn results_of_the_previous_schema_version_still_read() {
+    let mut value = serde_json::to_value(sample()).unwrap();
+    value["schema_version"] = 1.into();
+    value["platform"].as_object_mut().unwrap().remove("cpu");
+    let read = parse_results(
+        &serde_json::to_vec(&value).unwrap(),
+        &ResultsLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(read.platform.cpu, None);
+    value["schema_version"] = 3.into();
+    assert!(matches!(
+        parse_results(
+            &serde_json::to_vec(&value).unwrap(),
+            &ResultsLimits::default()
+        ),
+        Err(ResultsError::Version { .. })
+    ));
 }

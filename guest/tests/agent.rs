@@ -224,6 +224,52 @@ fn import_failure_names_the_module_and_its_error() {
 }
 
 #[test]
+fn an_invalid_opcode_trap_is_the_platform_s_fault_naming_the_cpu() {
+    let run = run_fixture(
+        "sigill",
+        pyti_guest::recipe::RecipeBook::embedded()
+            .get("install")
+            .unwrap()
+            .clone(),
+    );
+    let import = run.task(TaskKind::Import);
+    assert_eq!(import.status, TaskStatus::Error, "{}", import.message);
+    let fault = import.platform_fault.as_deref().unwrap_or_default();
+    assert!(
+        fault.contains("SIGILL") && fault.contains("x86-64-v"),
+        "{fault}"
+    );
+    assert!(
+        fault.contains("python"),
+        "names the trapped process: {fault}"
+    );
+    assert_eq!(run.results.outcome, Outcome::CpuUnsupported);
+    assert!(run.results.outcome.is_farm_fault());
+    let cpu = run
+        .results
+        .platform
+        .cpu
+        .as_ref()
+        .expect("the CPU is recorded");
+    assert!(!cpu.flags.is_empty() && cpu.x86_64_level >= 1, "{cpu:?}");
+}
+
+#[test]
+fn a_self_sent_sigill_stays_the_package_s_import_failure() {
+    let run = run_fixture(
+        "fakesigill",
+        pyti_guest::recipe::RecipeBook::embedded()
+            .get("install")
+            .unwrap()
+            .clone(),
+    );
+    let import = run.task(TaskKind::Import);
+    assert_eq!(import.status, TaskStatus::Failed, "{}", import.message);
+    assert_eq!(import.platform_fault, None);
+    assert_eq!(run.results.outcome, Outcome::ImportFailed);
+}
+
+#[test]
 fn writes_outside_the_environment_are_found_by_snapshot_and_trace() {
     let run = run_fixture("weird", full_recipe());
     expect_statuses(&run, [Passed, Passed, Failed, Skipped, Passed, Skipped]);

@@ -24,6 +24,7 @@ impl From<Outcome> for proto::Outcome {
             Outcome::IndexUnreachable => Self::IndexUnreachable,
             Outcome::AgentError => Self::AgentError,
             Outcome::InputMismatch => Self::InputMismatch,
+            Outcome::CpuUnsupported => Self::CpuUnsupported,
             Outcome::Cancelled => Self::Cancelled,
         }
     }

@@ -49,10 +49,16 @@ pub fn render(title: &str, results: &Results, timings: &[(Stage, std::time::Dura
             .collect();
         let _ = writeln!(out, "  stages: {}", stages.join(", "));
     }
-    let outcome = serde_json::to_value(results.outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    if let Some(cpu) = &results.platform.cpu {
+        let _ = writeln!(
+            out,
+            "  guest: Python {}, {} (x86-64-v{})",
+            results.platform.python_version.as_deref().unwrap_or("?"),
+            cpu.model,
+            cpu.x86_64_level
+        );
+    }
+    let outcome = results.outcome.as_str();
     let _ = writeln!(
         out,
         "  outcome: {outcome} ({})",

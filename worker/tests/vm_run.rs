@@ -505,3 +505,20 @@ fn several_targets_run_in_parallel_on_the_slots() {
         "the second VM started only after the first job ended:\n{stderr}"
     );
 }
+
+/// numpy 2.x wheels need a newer x86-64 level than QEMU's default CPU model; on it the
+/// import died of SIGILL and every numpy user looked broken. The guest now gets the
+/// most capable model the accelerator offers, and the results say which.
+#[test]
+fn numpy_2_installs_and_imports_on_the_guest_cpu() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = vm_run(None, &["numpy==2.4.6", "--recipe", "install", "--json"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results["outcome"], "passed", "{results:#}");
+    assert_eq!(results["tasks"][1]["status"], "passed", "{results:#}");
+    let cpu = &results["platform"]["cpu"];
+    assert!(cpu["x86_64_level"].as_u64().unwrap() >= 2, "{cpu:#}");
+    assert!(cpu["model"].as_str().is_some_and(|m| !m.is_empty()), "{cpu:#}");
+}

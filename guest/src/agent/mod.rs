@@ -12,6 +12,7 @@ pub mod parse;
 pub mod process;
 pub mod snapshot;
 mod tasks;
+mod traps;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -140,6 +141,7 @@ fn platform(job: Option<&GuestJob>, python: Option<&Path>) -> GuestPlatform {
         machine: std::env::consts::ARCH.to_string(),
         image_hash: job.and_then(|j| j.image_hash.clone()),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        cpu: crate::cpu::current(),
     }
 }
 
@@ -231,6 +233,7 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
                     log: None,
                     message: format!("cannot write {}: {error}", log_path.display()),
                     metrics: None,
+                    platform_fault: None,
                 });
                 continue;
             }
@@ -250,6 +253,7 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
             log: log_path.exists().then_some(log_name),
             message: output.message,
             metrics: output.metrics,
+            platform_fault: output.platform_fault,
         });
         progress(&format!(
             "task {} {} {:.1}s",

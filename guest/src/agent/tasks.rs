@@ -39,6 +39,8 @@ pub struct TaskOutput {
     pub message: String,
     /// What it measured.
     pub metrics: Option<TaskMetrics>,
+    /// Why the platform, not the package, made it fail (see `results::TaskResult`).
+    pub platform_fault: Option<String>,
 }
 
 impl TaskOutput {
@@ -51,6 +53,7 @@ impl TaskOutput {
             status,
             message: message.into(),
             metrics,
+            platform_fault: None,
         }
     }
 
@@ -61,6 +64,23 @@ impl TaskOutput {
 
     pub(super) fn skipped(message: impl Into<String>) -> Self {
         TaskOutput::with(TaskStatus::Skipped, message, None)
+    }
+
+    /// The task failed on an instruction the guest CPU lacks (`traps`, as the kernel
+    /// logged them): an error with a platform fault naming the missing CPU features,
+    /// keeping what the task measured.
+    pub(super) fn on_unsupported_cpu(self, traps: &[String]) -> Self {
+        let what = format!("{} (was: {})", traps.join(", "), self.message);
+        let fault = match crate::cpu::current() {
+            Some(cpu) => cpu.illegal_instruction(&what),
+            None => format!("{what} died of SIGILL: the guest CPU lacks an instruction"),
+        };
+        TaskOutput {
+            status: TaskStatus::Error,
+            message: fault.clone(),
+            metrics: self.metrics,
+            platform_fault: Some(fault),
+        }
     }
 
     pub(super) fn timed_out(step: &str, spec: &TaskSpec, metrics: Option<TaskMetrics>) -> Self {
@@ -124,6 +144,7 @@ impl<'a> TaskContext<'a> {
             return TaskOutput::error(format!("cannot prepare the temp dir: {error}"));
         }
         let deadline = Deadline::after_s(spec.timeout_s);
+        let mut kernel = super::traps::KernelLog::from_now();
         let outcome = match spec.kind {
             TaskKind::Install => self.install(spec, &mut log, deadline),
             TaskKind::Import => self.import(spec, &mut log, deadline),
@@ -132,8 +153,12 @@ impl<'a> TaskContext<'a> {
             TaskKind::Quality => self.quality(spec, &mut log, deadline),
             TaskKind::Metadata => unreachable!("handled above"),
         };
-        let output =
+        let mut output =
             outcome.unwrap_or_else(|error| TaskOutput::error(format!("agent I/O error: {error}")));
+        let traps = kernel.invalid_opcode_traps();
+        if output.status != TaskStatus::Passed && !traps.is_empty() {
+            output = output.on_unsupported_cpu(&traps);
+        }
         log.note(&format!("{:?}: {}", output.status, output.message));
         output
     }

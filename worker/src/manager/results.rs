@@ -60,6 +60,7 @@ pub fn with_host_metadata(mut results: Results, resolved: &ResolvedSet) -> Resul
         log: None,
         message,
         metrics: Some(TaskMetrics::Metadata(metrics)),
+        platform_fault: None,
     };
     match results
         .tasks

@@ -124,8 +124,12 @@ pub fn domain_xml(config: &VmConfig, domain_type: DomainType) -> String {
     }
     x.push_str("  </os>\n");
     x.push_str("  <features>\n    <acpi/>\n  </features>\n");
-    if domain_type == DomainType::Kvm {
-        x.push_str("  <cpu mode='host-passthrough'/>\n");
+    // The most capable CPU the accelerator offers: wheels built for a newer baseline
+    // (numpy 2.x) die of SIGILL on QEMU's default qemu64 model.
+    match domain_type {
+        DomainType::Kvm => x.push_str("  <cpu mode='host-passthrough'/>\n"),
+        DomainType::Qemu => x.push_str("  <cpu mode='maximum' migratable='off'/>\n"),
+        DomainType::Vbox | DomainType::Test => {}
     }
     x.push_str("  <clock offset='utc'/>\n");
     x.push_str("  <on_poweroff>destroy</on_poweroff>\n");
@@ -307,6 +311,7 @@ mod tests {
         assert!(xml.contains("<on_crash>destroy</on_crash>"));
         assert!(xml.contains("<source path='/r/logs/slot0.log'/>"));
         assert!(!xml.contains("host-passthrough"));
+        assert!(xml.contains("<cpu mode='maximum' migratable='off'/>"));
         assert!(xml.contains("machine='pc'"));
         let backing = xml.find("<backingStore type='file'>").unwrap();
         let base = xml.find("<source file='/r/images/x/base.qcow2'>").unwrap();
