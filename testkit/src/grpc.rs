@@ -1,6 +1,8 @@
 //! Checks of a gRPC server as clients without our protos see it: the master and the
 //! worker both serve health and reflection, and their tests ask the same questions.
 
+use std::time::Duration;
+
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -35,6 +37,39 @@ pub async fn assert_serving(channel: &Channel, services: &[&str]) {
             "health of {service:?}"
         );
     }
+}
+
+/// Waits until the server at `address` answers health checks with SERVING, or panics
+/// after `limit`. A port that accepts connections is not yet a server that serves (nor
+/// one that handles signals): the kernel accepts as soon as the socket listens.
+pub async fn wait_serving(address: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if serving(address).await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{address} did not serve within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn serving(address: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(address.to_owned()) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    HealthClient::new(channel)
+        .check(request)
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
 }
 
 /// The services reflection (v1) lists, sorted.

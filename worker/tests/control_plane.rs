@@ -14,7 +14,7 @@ use pyti::proto::{
     WorkerCancelJobRequest,
 };
 use pyti_testkit::grpc;
-use pyti_testkit::net::{free_port, wait_listening};
+use pyti_testkit::net::free_port;
 use pyti_worker::capacity::WorkerCapacity;
 use pyti_worker::config::WorkerConfig;
 use pyti_worker::control::ControlService;
@@ -221,7 +221,13 @@ fn the_binary_serves_grpcurl_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    wait_listening(port, "pyti-worker", Duration::from_secs(30));
+    // Serving, the worker handles signals; merely listening, SIGTERM would kill it.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(grpc::wait_serving(
+            &format!("http://{addr}"),
+            Duration::from_secs(30),
+        ));
 
     if let Some(grpcurl) = grpcurl() {
         let run = |args: &[&str]| {
