@@ -4,19 +4,22 @@
 mod support;
 
 use pyti_guest::recipe::{RecipeBook, TaskKind};
+use pyti_guest::results::Results;
 use pyti_guest::results::{Outcome, TaskStatus};
 use support::{io_with_job, run_agent_plain};
+
+/// Asserts that the agent saw a disk error, its detail saying `says`.
+fn assert_disk_error(results: &Results, says: &str) {
+    assert_eq!(results.outcome, Outcome::DiskError);
+    let detail = &results.outcome_detail;
+    assert!(detail.contains(says), "{says:?} missing: {detail}");
+}
 
 #[test]
 fn no_job_json_is_a_disk_error_with_a_results_file() {
     let io = tempfile::tempdir_in(support::scratch()).unwrap();
     let results = run_agent_plain(io.path(), &[]);
-    assert_eq!(results.outcome, Outcome::DiskError);
-    assert!(
-        results.outcome_detail.contains("job.json"),
-        "{}",
-        results.outcome_detail
-    );
+    assert_disk_error(&results, "job.json");
     assert_eq!(results.job.job_id, "unknown");
     assert!(results.tasks.is_empty());
 }
@@ -30,12 +33,7 @@ fn an_invalid_job_json_names_the_field() {
         .replace("\"attempt\": 2", "\"attempt\": \"two\"");
     std::fs::write(io.path().join("job.json"), text).unwrap();
     let results = run_agent_plain(io.path(), &[]);
-    assert_eq!(results.outcome, Outcome::DiskError);
-    assert!(
-        results.outcome_detail.contains("attempt"),
-        "{}",
-        results.outcome_detail
-    );
+    assert_disk_error(&results, "attempt");
 }
 
 #[test]

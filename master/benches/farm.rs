@@ -6,11 +6,8 @@
 //! Needs RabbitMQ on 127.0.0.1:5672. `cargo bench -p pyti-master --bench farm`
 //! (`PYTI_BENCH_JOBS` sets the batch size, default 400).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -23,18 +20,16 @@ use lapin::BasicProperties;
 use prost::Message;
 use pyti::proto::{self, JobState};
 use pyti_master::scheduler::{CapacityTable, PlatformSlots, Requirement, WorkerEntry};
+use pyti_testkit::farm::client::{spec, submit, wait_offered};
+use pyti_testkit::farm::{TestFarm, AMQP, PLATFORM};
+use tokio::task::JoinSet;
 
 const IN_FLIGHT: usize = 16;
 
 fn message(n: usize) -> Vec<u8> {
     proto::QueuedJob {
         job_id: uuid::Uuid::now_v7().to_string(),
-        spec: Some(common::spec(
-            &format!("bench-{n}"),
-            "1.0",
-            "linux-debian",
-            &[],
-        )),
+        spec: Some(spec(&format!("bench-{n}"), "1.0", PLATFORM, &[])),
         attempt: 1,
         submitted_at: Some(pyti::grpc::now_timestamp()),
         reason: "submitted".into(),
@@ -45,17 +40,16 @@ fn message(n: usize) -> Vec<u8> {
 /// Publishes `jobs` messages (`IN_FLIGHT` awaiting their confirm at once) to a quorum
 /// queue while a consumer acks them; returns the time until the last ack.
 async fn bare_lapin(jobs: usize) -> Duration {
-    let connection =
-        lapin::Connection::connect(common::AMQP, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
+    let connection = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
     let publish = connection.create_channel().await.unwrap();
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
     let consume = connection.create_channel().await.unwrap();
-    let queue = format!("{}.bare", common::prefix());
+    let queue = format!("{}.bare", pyti_testkit::farm::prefix());
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
@@ -83,7 +77,8 @@ async fn bare_lapin(jobs: usize) -> Duration {
         .unwrap();
     let payloads: Vec<Vec<u8>> = (0..jobs).map(message).collect();
     let start = Instant::now();
-    let acking = tokio::spawn(async move {
+    let mut acking = JoinSet::new();
+    acking.spawn(async move {
         for _ in 0..jobs {
             let delivery = consumer.next().await.unwrap().unwrap();
             delivery
@@ -94,12 +89,12 @@ async fn bare_lapin(jobs: usize) -> Duration {
         }
     });
     let payloads = Arc::new(payloads);
-    let mut publishers = Vec::new();
+    let mut publishers = JoinSet::new();
     for lane in 0..IN_FLIGHT {
         let channel = publish.clone();
         let queue = queue.clone();
         let payloads = Arc::clone(&payloads);
-        publishers.push(tokio::spawn(async move {
+        publishers.spawn(async move {
             for n in (lane..payloads.len()).step_by(IN_FLIGHT) {
                 channel
                     .basic_publish(
@@ -117,19 +112,17 @@ async fn bare_lapin(jobs: usize) -> Duration {
                     .await
                     .unwrap();
             }
-        }));
+        });
     }
-    for publisher in publishers {
-        publisher.await.unwrap();
-    }
-    acking.await.unwrap();
+    publishers.join_all().await;
+    acking.join_all().await;
     let elapsed = start.elapsed();
-    let _ = consume.close(200, "done").await;
+    consume.close(200, "done").await.unwrap();
     publish
         .queue_delete(&queue, QueueDeleteOptions::default())
         .await
         .unwrap();
-    let _ = connection.close(200, "done").await;
+    connection.close(200, "done").await.unwrap();
     elapsed
 }
 
@@ -137,64 +130,26 @@ async fn bare_lapin(jobs: usize) -> Duration {
 /// with one worker whose executor answers at once; returns the time until every job
 /// has its results stored.
 async fn whole_farm(jobs: usize) -> Duration {
-    let prefix = common::prefix();
-    let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("master.sqlite");
-    let master = common::Master::start(
-        common::settings(&prefix, Duration::from_secs(60), 3),
-        database.to_str().unwrap(),
-    )
-    .await;
-    let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let runs: common::Runs = Arc::new(Mutex::new(Vec::new()));
-    let worker = common::Worker::start(
-        &id,
-        &dir.path().join("w"),
-        &master.address,
-        &prefix,
-        "linux-debian",
-        32,
-        &[],
-        Duration::ZERO,
-        Arc::clone(&runs),
-    )
-    .await;
-    let client = master.jobs().await;
-    common::wait_until("the worker registered", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            common::submit(
-                &mut client,
-                common::spec("probe", "1.0", "linux-debian", &["nothing"]),
-                false,
-            )
-            .await
-            .unwrap_err()
-            .message()
-            .contains("linux-debian[]")
-        }
-    })
-    .await;
+    let farm = TestFarm::builder().lease_s(60).start().await;
+    farm.worker("bench").slots(32).run_ms(0).start().await;
+    let client = farm.jobs().await;
+    wait_offered(&client, PLATFORM, Duration::from_secs(20)).await;
     let start = Instant::now();
-    let mut submitters = Vec::new();
+    let mut submitters = JoinSet::new();
     for lane in 0..IN_FLIGHT {
         let mut client = client.clone();
-        submitters.push(tokio::spawn(async move {
+        submitters.spawn(async move {
             for n in (lane..jobs).step_by(IN_FLIGHT) {
-                common::submit(
+                submit(
                     &mut client,
-                    common::spec(&format!("bench-{n}"), "1.0", "linux-debian", &[]),
-                    false,
+                    spec(&format!("bench-{n}"), "1.0", PLATFORM, &[]),
                 )
-                .await
-                .unwrap();
+                .await;
             }
-        }));
+        });
     }
-    for submitter in submitters {
-        submitter.await.unwrap();
-    }
-    let store = Arc::clone(master.farm.store());
+    submitters.join_all().await;
+    let store = farm.store().await;
     loop {
         let done = store
             .list_jobs(&pyti_master::store::JobFilter {
@@ -211,9 +166,8 @@ async fn whole_farm(jobs: usize) -> Duration {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed();
-    assert_eq!(runs.lock().unwrap().len(), jobs);
-    worker.stop().await;
-    master.finish(&[&id]).await;
+    assert_eq!(farm.runs().len(), jobs);
+    farm.finish().await;
     elapsed
 }
 

@@ -164,6 +164,10 @@ impl Broker {
             known_queues: Arc::new(Mutex::new(BTreeMap::new())),
             rebuild: Arc::new(Notify::new()),
         };
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the handle goes to the caller, who owns the supervisor and waits for it"
+        )]
         let supervisor = tokio::spawn(broker.clone().supervise(sender, shutdown));
         (broker, supervisor)
     }

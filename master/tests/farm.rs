@@ -2,138 +2,68 @@
 //! (SQLite and PostgreSQL), and workers using `pyti_worker::masterlink` with an
 //! executor from test code.
 
-mod common;
-
-use std::sync::{Arc, Mutex};
+use std::str::FromStr;
 use std::time::Duration;
 
-use common::{spec, submit, wait_ended, Master, Runs, Worker};
 use pyti::proto::{self, job_event::Event, JobState, Outcome};
+use pyti_testkit::farm::client::{
+    assert_refused, get_job, get_results, results_report, spec, submit, try_submit, wait_connected,
+    wait_ended, wait_job, wait_job_ended, wait_offered,
+};
+use pyti_testkit::farm::{FarmBuilder, TestFarm, PLATFORM};
+use pyti_testkit::wait::wait_until;
 use tokio_stream::StreamExt;
+use tonic::Code;
 
-const PLATFORM: &str = "linux-debian";
-
-async fn schedules_by_variant_and_streams_results(database: &str) {
-    let prefix = common::prefix();
-    let master = Master::start(
-        common::settings(&prefix, Duration::from_secs(5), 3),
-        database,
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let runs: Runs = Arc::new(Mutex::new(Vec::new()));
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (plain_id, rich_id) = (format!("plain-{suffix}"), format!("rich-{suffix}"));
-    let plain = Worker::start(
-        &plain_id,
-        &dir.path().join("a"),
-        &master.address,
-        &prefix,
-        PLATFORM,
-        2,
-        &["python3.11"],
-        Duration::from_millis(300),
-        Arc::clone(&runs),
-    )
-    .await;
-    let rich = Worker::start(
-        &rich_id,
-        &dir.path().join("b"),
-        &master.address,
-        &prefix,
-        PLATFORM,
-        2,
-        &["python3.11", "python3.12"],
-        Duration::from_millis(300),
-        Arc::clone(&runs),
-    )
-    .await;
-    let mut jobs = master.jobs().await;
-    let registry = master.registry().await;
-    common::wait_until("both workers connected", Duration::from_secs(20), || {
-        let mut registry = registry.clone();
-        async move {
-            let workers = registry
-                .list_workers(proto::ListWorkersRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .workers;
-            workers.iter().filter(|w| w.connected).count() == 2
-        }
-    })
-    .await;
+async fn schedules_by_variant_and_streams_results(farm: FarmBuilder) {
+    let farm = farm.start().await;
+    let plain = farm.worker("plain").slots(2).variants(&["python3.11"]);
+    let plain_id = plain.run_ms(300).start().await.id;
+    let rich = farm.worker("rich").slots(2);
+    let rich = rich.variants(&["python3.11", "python3.12"]);
+    let rich_id = rich.run_ms(300).start().await.id;
+    let mut jobs = farm.jobs().await;
+    let registry = farm.registry().await;
+    wait_connected(&registry, &plain_id, Duration::from_secs(20)).await;
+    wait_connected(&registry, &rich_id, Duration::from_secs(20)).await;
 
     // What no worker offers is refused, naming what the farm has, unless queued anyway.
-    let refused = submit(
-        &mut jobs,
-        spec("rarfile", "4.2", PLATFORM, &["python3.13"]),
-        false,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        refused.message().contains("linux-debian[python3.13]"),
-        "{}",
-        refused.message()
-    );
-    assert!(
-        refused
-            .message()
-            .contains("linux-debian[python3.11,python3.12]"),
-        "{}",
-        refused.message()
-    );
-    let refused = submit(&mut jobs, spec("rarfile", "4.2", "linux-other", &[]), false)
+    let rare = spec("rarfile", "4.2", PLATFORM, &["python3.13"]);
+    let refused = try_submit(&mut jobs, rare.clone(), false)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    let waiting = submit(
-        &mut jobs,
-        spec("rarfile", "4.2", PLATFORM, &["python3.13"]),
-        true,
-    )
-    .await
-    .unwrap();
+    assert_refused(
+        &refused,
+        Code::FailedPrecondition,
+        "linux-debian[python3.13]",
+    );
+    assert_refused(
+        &refused,
+        Code::FailedPrecondition,
+        "linux-debian[python3.11,python3.12]",
+    );
+    let elsewhere = spec("rarfile", "4.2", "linux-other", &[]);
+    let refused = try_submit(&mut jobs, elsewhere, false).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let waiting = try_submit(&mut jobs, rare, true).await.unwrap();
     assert_eq!(waiting.state(), JobState::Queued);
 
     // An invalid job lists every problem.
-    let invalid = submit(
-        &mut jobs,
-        spec("", "not a version", "Linux Debian", &[]),
-        false,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    let invalid = spec("", "not a version", "Linux Debian", &[]);
+    let invalid = try_submit(&mut jobs, invalid, false).await.unwrap_err();
     for field in ["project_name", "project_version", "platform_identifier"] {
-        assert!(invalid.message().contains(field), "{}", invalid.message());
+        assert_refused(&invalid, Code::InvalidArgument, field);
     }
 
-    let mut new_ids = Vec::new();
-    let mut plain_ids = Vec::new();
+    let (mut new_ids, mut plain_ids) = (Vec::new(), Vec::new());
     for n in 0..4 {
-        new_ids.push(
-            submit(
-                &mut jobs,
-                spec(&format!("new-{n}"), "1.0", PLATFORM, &["python3.12"]),
-                false,
-            )
-            .await
-            .unwrap()
-            .job_id,
-        );
-        plain_ids.push(
-            submit(
-                &mut jobs,
-                spec(&format!("plain-{n}"), "1.0", PLATFORM, &["python3.11"]),
-                false,
-            )
-            .await
-            .unwrap()
-            .job_id,
-        );
+        for (ids, stem, variant) in [
+            (&mut new_ids, "new", "python3.12"),
+            (&mut plain_ids, "plain", "python3.11"),
+        ] {
+            let wanted = spec(&format!("{stem}-{n}"), "1.0", PLATFORM, &[variant]);
+            ids.push(submit(&mut jobs, wanted).await.job_id);
+        }
     }
     let watched = jobs
         .watch_job(proto::WatchJobRequest {
@@ -154,14 +84,12 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
             "python3.12 runs only on the worker offering it"
         );
     }
-    {
-        let runs = runs.lock().unwrap();
-        assert_eq!(runs.len(), all.len(), "each job ran once: {runs:?}");
-        // Best fit: with the plain worker free, python3.11 jobs went there first.
-        assert!(runs
-            .iter()
-            .any(|(w, id, _)| *w == plain_id && plain_ids.contains(id)));
-    }
+    let runs = farm.runs();
+    assert_eq!(runs.len(), all.len(), "each job ran once: {runs:?}");
+    // Best fit: with the plain worker free, python3.11 jobs went there first.
+    assert!(runs
+        .iter()
+        .any(|r| r.worker_id == plain_id && plain_ids.contains(&r.job_id)));
 
     // The watch saw the job's life and its task result, and ended with it.
     let events: Vec<Event> = tokio::time::timeout(
@@ -184,13 +112,7 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
         .any(|e| matches!(e, Event::TaskResult(t) if t.task == "install")));
 
     // Results are retrievable, with the log that was streamed.
-    let results = jobs
-        .get_results(proto::GetResultsRequest {
-            job_id: new_ids[0].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let results = get_results(&mut jobs, &new_ids[0]).await;
     assert_eq!(results.tasks.len(), 1);
     assert_eq!(results.tasks[0].summary, format!("ran on {rich_id}"));
     assert_eq!(results.log_names, vec!["install.log"]);
@@ -214,28 +136,18 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
             JobState::Succeeded
         ]
     );
-    for id in &all {
-        assert_eq!(master.farm.store().count_results(id).await.unwrap(), 1);
-    }
+    farm.assert_stored_once(&all).await;
 
     // A second copy of stored results is acknowledged as a duplicate and changes nothing.
-    use proto::results_message::Message as M;
-    let copy = vec![
-        proto::ResultsMessage {
-            message: Some(M::Header(proto::ResultsHeader {
-                job_id: new_ids[0].clone(),
-                attempt: 1,
-                worker_id: rich_id.clone(),
-                ..Default::default()
-            })),
+    let copy = results_report(
+        &new_ids[0],
+        1,
+        &rich_id,
+        proto::FinalRecord {
+            outcome: Outcome::InstallFailed as i32,
+            ..Default::default()
         },
-        proto::ResultsMessage {
-            message: Some(M::Final(proto::FinalRecord {
-                outcome: Outcome::InstallFailed as i32,
-                ..Default::default()
-            })),
-        },
-    ];
+    );
     let ack = registry
         .clone()
         .report_results(tokio_stream::iter(copy.clone()))
@@ -243,29 +155,15 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
         .unwrap()
         .into_inner();
     assert!(ack.stored && ack.duplicate, "{ack:?}");
-    assert_eq!(
-        master
-            .farm
-            .store()
-            .count_results(&new_ids[0])
-            .await
-            .unwrap(),
-        1
-    );
-    let kept = jobs
-        .get_job(proto::GetJobRequest {
-            job_id: new_ids[0].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    farm.assert_stored_once(&new_ids[..1]).await;
+    let kept = get_job(&mut jobs, &new_ids[0]).await;
     assert_eq!(kept.outcome(), Outcome::Passed);
     let headless = registry
         .clone()
         .report_results(tokio_stream::iter(copy[1..].to_vec()))
         .await
         .unwrap_err();
-    assert_eq!(headless.code(), tonic::Code::InvalidArgument);
+    assert_eq!(headless.code(), Code::InvalidArgument);
 
     // Listing: filters and pages.
     let page = jobs
@@ -308,7 +206,7 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
         })
         .await
         .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(bad.code(), Code::InvalidArgument);
 
     // The job nobody can run waits; cancelling it ends it; cancelling again is refused.
     let cancelled = jobs
@@ -329,118 +227,61 @@ async fn schedules_by_variant_and_streams_results(database: &str) {
         })
         .await
         .unwrap_err();
-    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(again.code(), Code::FailedPrecondition);
     let missing = jobs
         .get_job(proto::GetJobRequest {
             job_id: "no-such-job".into(),
         })
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::NotFound);
-
-    plain.stop().await;
-    rich.stop().await;
-    master.finish(&[&plain_id, &rich_id]).await;
+    assert_eq!(missing.code(), Code::NotFound);
+    farm.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_farm_schedules_by_variant_and_streams_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("master.sqlite");
-    schedules_by_variant_and_streams_results(database.to_str().unwrap()).await;
+    schedules_by_variant_and_streams_results(TestFarm::builder()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_farm_schedules_by_variant_and_streams_results() {
-    let url = common::postgres_url().await;
-    schedules_by_variant_and_streams_results(&url).await;
+    schedules_by_variant_and_streams_results(TestFarm::builder().postgres()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_stops_a_running_job_through_its_worker() {
-    let prefix = common::prefix();
-    let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("master.sqlite");
-    let master = Master::start(
-        common::settings(&prefix, Duration::from_secs(5), 3),
-        database.to_str().unwrap(),
-    )
-    .await;
-    let runs: Runs = Arc::new(Mutex::new(Vec::new()));
-    let id = format!("slow-{}", uuid::Uuid::new_v4().simple());
-    let worker = Worker::start(
-        &id,
-        &dir.path().join("w"),
-        &master.address,
-        &prefix,
-        PLATFORM,
-        1,
-        &[],
-        Duration::from_secs(600),
-        Arc::clone(&runs),
-    )
-    .await;
-    let mut jobs = master.jobs().await;
-    common::wait_offered(&jobs, PLATFORM, Duration::from_secs(20)).await;
-    let job = submit(&mut jobs, spec("slow", "1.0", PLATFORM, &[]), false)
-        .await
-        .unwrap();
-    common::wait_until("the job running", Duration::from_secs(20), || {
+    let farm = TestFarm::start().await;
+    let worker = farm.worker("slow").run_ms(600_000).start().await;
+    let mut jobs = farm.jobs().await;
+    wait_offered(&jobs, PLATFORM, Duration::from_secs(20)).await;
+    let job = submit(&mut jobs, spec("slow", "1.0", PLATFORM, &[])).await;
+    wait_until("the job running", Duration::from_secs(20), || {
         let handle = worker.handle.clone();
         let job_id = job.job_id.clone();
         async move { handle.running_jobs().iter().any(|(j, _)| *j == job_id) }
     })
     .await;
-    common::wait_until(
-        "the job recorded as running",
-        Duration::from_secs(20),
-        || {
-            let mut jobs = jobs.clone();
-            let job_id = job.job_id.clone();
-            async move {
-                jobs.get_job(proto::GetJobRequest { job_id })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .state()
-                    == JobState::Running
-            }
-        },
-    )
-    .await;
+    let running = |job: &proto::Job| job.state() == JobState::Running;
+    let what = "the job recorded as running";
+    wait_job(&jobs, &job.job_id, what, Duration::from_secs(20), running).await;
     jobs.cancel_job(proto::CancelJobRequest {
         job_id: job.job_id.clone(),
         reason: "enough".into(),
     })
     .await
     .unwrap();
-    let ended = wait_ended(
-        &mut jobs,
-        std::slice::from_ref(&job.job_id),
-        Duration::from_secs(30),
-    )
-    .await;
-    let ended = &ended[&job.job_id];
+    let ended = wait_job_ended(&mut jobs, &job.job_id, Duration::from_secs(30)).await;
     assert_eq!(ended.state(), JobState::Cancelled);
     assert_eq!(ended.outcome(), Outcome::Cancelled);
-    worker.stop().await;
-    master.finish(&[&id]).await;
+    farm.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_omitted_version_is_resolved_from_pypi() {
-    let prefix = common::prefix();
-    let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("master.sqlite");
-    let master = Master::start(
-        common::settings(&prefix, Duration::from_secs(5), 3),
-        database.to_str().unwrap(),
-    )
-    .await;
-    let mut jobs = master.jobs().await;
-    let job = submit(&mut jobs, spec("rarfile", "", PLATFORM, &[]), true)
-        .await
-        .unwrap();
+    let farm = TestFarm::start().await;
+    let mut jobs = farm.jobs().await;
+    let latest = spec("rarfile", "", PLATFORM, &[]);
+    let job = try_submit(&mut jobs, latest, true).await.unwrap();
     assert!(job.spec.as_ref().unwrap().project_version.is_empty());
     let version = pep440_rs::Version::from_str(&job.resolved_version).unwrap();
     assert!(
@@ -448,20 +289,8 @@ async fn an_omitted_version_is_resolved_from_pypi() {
         "{version}"
     );
     assert!(!version.any_prerelease());
-    let unknown = submit(
-        &mut jobs,
-        spec("pyti-no-such-project-4f1c2", "", PLATFORM, &[]),
-        true,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(unknown.code(), tonic::Code::NotFound);
-    assert!(
-        unknown.message().contains("pyti-no-such-project-4f1c2"),
-        "{}",
-        unknown.message()
-    );
-    master.finish(&[]).await;
+    let unknown = spec("pyti-no-such-project-4f1c2", "", PLATFORM, &[]);
+    let unknown = try_submit(&mut jobs, unknown, true).await.unwrap_err();
+    assert_refused(&unknown, Code::NotFound, "pyti-no-such-project-4f1c2");
+    farm.finish().await;
 }
-
-use std::str::FromStr;

@@ -1,8 +1,6 @@
 //! Leases by the master's clock: a manual clock moved past a deadline makes the lease
 //! lapse at once, with no waiting for real time to pass.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,30 +9,20 @@ use pyti::proto::JobState;
 use pyti_master::clock::ManualClock;
 use pyti_master::jobs::{LeaseKey, Start, Submission};
 use pyti_master::Master;
-use tokio_util::sync::CancellationToken;
+use pyti_testkit::farm::{TestFarm, PLATFORM};
+use pyti_testkit::wait::wait_until;
 
-const PLATFORM: &str = "linux-debian";
 const LEASE: Duration = Duration::from_secs(60);
 
-/// A master on `clock` (RabbitMQ and a SQLite store in `dir`) with a 60 s lease,
-/// its reaper running every `reap_interval`.
-async fn master(
-    prefix: &str,
-    dir: &tempfile::TempDir,
-    clock: &ManualClock,
-    reap_interval: Duration,
-) -> (Arc<Master>, CancellationToken) {
-    let mut settings = common::settings(prefix, LEASE, 3);
-    settings.reap_interval = reap_interval;
-    let database = dir.path().join("master.sqlite");
-    let store = pyti_master::store::open(database.to_str().unwrap())
+/// A farm whose master goes by `clock`, with a 60 s lease, its reaper running every
+/// `reap_interval_ms`.
+async fn farm(clock: &ManualClock, reap_interval_ms: u64) -> TestFarm {
+    TestFarm::builder()
+        .lease_s(LEASE.as_secs())
+        .reap_interval_ms(reap_interval_ms)
+        .clock(clock.clock())
+        .start()
         .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    let master = Master::start_with_clock(settings, store, clock.clock(), stop.clone())
-        .await
-        .unwrap();
-    (master, stop)
 }
 
 /// Submits a job nobody offers a VM for and starts it as worker `w1` would.
@@ -55,20 +43,13 @@ async fn started_job(master: &Master) -> LeaseKey {
     }
 }
 
-async fn finish(master: Arc<Master>, stop: CancellationToken, prefix: &str) {
-    stop.cancel();
-    master.stopped().await;
-    common::delete_queues(prefix, &[PLATFORM], &[]).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_lapses_when_the_clock_passes_its_deadline_and_not_before() {
-    let prefix = common::prefix();
-    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
     // The reaper looks once at start, then not for an hour: this test reaps itself.
-    let (master, stop) = master(&prefix, &dir, &clock, Duration::from_secs(3600)).await;
-    let key = started_job(&master).await;
+    let farm = farm(&clock, 3_600_000).await;
+    let master = farm.master();
+    let key = started_job(master).await;
     let jobs = master.jobs();
     let started = jobs.start(&key).await.unwrap();
     assert_eq!(
@@ -104,17 +85,15 @@ async fn a_lease_lapses_when_the_clock_passes_its_deadline_and_not_before() {
     let late = jobs.renew(&key).await.unwrap();
     assert!(late.cancelled);
     assert_eq!(late.lease_deadline_ms, None);
-    finish(master, stop, &prefix).await;
+    farm.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_goes_by_the_masters_clock() {
-    let prefix = common::prefix();
-    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let (master, stop) = master(&prefix, &dir, &clock, Duration::from_millis(50)).await;
-    let key = started_job(&master).await;
-    let jobs = master.jobs();
+    let farm = farm(&clock, 50).await;
+    let key = started_job(farm.master()).await;
+    let jobs = farm.master().jobs();
     assert!(matches!(
         jobs.start(&key).await.unwrap(),
         Start::Proceed { .. }
@@ -122,7 +101,7 @@ async fn the_reaper_goes_by_the_masters_clock() {
     // A 60 s lease lapses within the few seconds allowed here only because the
     // reaper asks the clock that was moved.
     clock.advance(LEASE + Duration::from_secs(1));
-    common::wait_until("the reaper moved the job", Duration::from_secs(10), || {
+    wait_until("the reaper moved the job", Duration::from_secs(10), || {
         let jobs = Arc::clone(jobs);
         let job_id = key.job_id.clone();
         async move { jobs.job(&job_id).await.unwrap().attempt == 2 }
@@ -130,5 +109,5 @@ async fn the_reaper_goes_by_the_masters_clock() {
     .await;
     let job = jobs.job(&key.job_id).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
-    finish(master, stop, &prefix).await;
+    farm.finish().await;
 }

@@ -83,6 +83,10 @@ async fn serve(
     let link = MasterLinkHandle::new(capacity.clone());
     let control = ControlService::new(capacity).with_master_link(link.clone());
     let stop = CancellationToken::new();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "serve keeps the handle and waits for the master link once the control plane stopped"
+    )]
     let master_link = tokio::spawn(pyti_worker::masterlink::run(
         settings,
         manager,

@@ -10,6 +10,9 @@
 //! the slot released, or marked broken when something could not be removed, so a run
 //! leaves nothing behind. The steps themselves are [`job_run::JobRun`]'s.
 
+// The job pipeline: steps short enough to read whole, and no error dropped.
+#![warn(clippy::too_many_lines, clippy::let_underscore_must_use)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

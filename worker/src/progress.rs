@@ -189,14 +189,15 @@ mod tests {
         let path = dir.path().join("console.log");
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let follower = {
+        let mut follower = tokio::task::JoinSet::new();
+        {
             let (path, stop) = (path.clone(), stop.clone());
-            tokio::spawn(async move {
+            follower.spawn(async move {
                 let mut started = 0;
                 follow_console(&path, "j", Some(sender), stop, || started += 1).await;
                 started
-            })
-        };
+            });
+        }
         tokio::fs::write(
             &path,
             "booting\npyti-init: starting agent\npyti-guest: task inst",
@@ -217,7 +218,7 @@ mod tests {
         .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
-        assert_eq!(follower.await.unwrap(), 1);
+        assert_eq!(follower.join_next().await.unwrap().unwrap(), 1);
         let first = receiver.recv().await.unwrap();
         assert!(matches!(first, Progress::TaskStarted { ref task, .. } if task == "install"));
         let second = receiver.recv().await.unwrap();

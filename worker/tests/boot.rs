@@ -11,23 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pyti_testkit::process::run_ok;
+use pyti_testkit::vm::{static_agent, test_root, URI};
 use pyti_worker::image::{self, check, cli, GuestImage};
 use pyti_worker::vms::{
     Accelerator, AcceleratorChoice, Connection, DiskSpec, Overlay, VirtualMachine, VmConfig,
 };
 
-mod support;
-
-use support::{static_agent, test_root, URI};
-
 fn sh(command: &mut Command) -> Vec<u8> {
-    let output = command.output().expect("command runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+    run_ok(command, "a FAT tool").stdout
 }
 
 fn fat_disk(path: &Path) {
@@ -57,46 +49,58 @@ fn fat_list(image: &Path, inner: &str) -> String {
     .unwrap()
 }
 
-/// Boots `image` with `overlay` and a fresh IO disk; returns the IO disk and the wall time.
-async fn boot(
-    connection: &Connection,
-    image: &GuestImage,
-    overlay: &Overlay,
-    work: &Path,
-    name: &str,
-    selftest: bool,
-    cmdline_extra: &str,
-) -> (PathBuf, Duration) {
-    let io_disk = work.join(format!("{name}-io.img"));
-    fat_disk(&io_disk);
-    let mut config = VmConfig::new(name);
-    config.memory_mib = 1024;
-    config.vcpus = 1;
-    config.hard_disk = Some(DiskSpec::overlay(&overlay.path, &overlay.base));
-    config.extra_disks = vec![DiskSpec::new(&io_disk)];
-    let mut kernel = image.direct_boot(selftest);
-    if !cmdline_extra.is_empty() {
-        kernel.cmdline = format!("{} {cmdline_extra}", kernel.cmdline);
+/// The VM this test boots again and again: `image` on `overlay`, named `name`, its
+/// IO disks and console logs in `work`.
+struct TestVm<'a> {
+    connection: &'a Connection,
+    image: &'a GuestImage,
+    overlay: &'a Overlay,
+    work: &'a Path,
+    name: &'a str,
+}
+
+impl TestVm<'_> {
+    /// Boots with a fresh IO disk (in self-test mode, or with `cmdline_extra` added to
+    /// the kernel command line); returns the IO disk and the wall time.
+    async fn boot(&self, selftest: bool, cmdline_extra: &str) -> (PathBuf, Duration) {
+        let TestVm {
+            connection,
+            image,
+            overlay,
+            work,
+            name,
+        } = *self;
+        let io_disk = work.join(format!("{name}-io.img"));
+        fat_disk(&io_disk);
+        let mut config = VmConfig::new(name);
+        config.memory_mib = 1024;
+        config.vcpus = 1;
+        config.hard_disk = Some(DiskSpec::overlay(&overlay.path, &overlay.base));
+        config.extra_disks = vec![DiskSpec::new(&io_disk)];
+        let mut kernel = image.direct_boot(selftest);
+        if !cmdline_extra.is_empty() {
+            kernel.cmdline = format!("{} {cmdline_extra}", kernel.cmdline);
+        }
+        config.kernel = Some(kernel);
+        config.serial_log = Some(work.join(format!("{name}-console.log")));
+        config.accelerator = AcceleratorChoice::Tcg;
+        connection.cleanup_stale(name).await.unwrap();
+        let vm = VirtualMachine::define(connection, &config).await.unwrap();
+        assert_eq!(vm.accelerator(), Some(Accelerator::Tcg));
+        let started = tokio::time::Instant::now();
+        vm.start().await.unwrap();
+        let waited = vm
+            .wait_for_poweroff(started + Duration::from_secs(240))
+            .await;
+        let elapsed = started.elapsed();
+        vm.undefine().await.unwrap();
+        if let Err(error) = waited {
+            let console = std::fs::read_to_string(work.join(format!("{name}-console.log")))
+                .unwrap_or_default();
+            panic!("guest did not power off: {error}\nconsole:\n{console}");
+        }
+        (io_disk, elapsed)
     }
-    config.kernel = Some(kernel);
-    config.serial_log = Some(work.join(format!("{name}-console.log")));
-    config.accelerator = AcceleratorChoice::Tcg;
-    connection.cleanup_stale(name).await.unwrap();
-    let vm = VirtualMachine::define(connection, &config).await.unwrap();
-    assert_eq!(vm.accelerator(), Some(Accelerator::Tcg));
-    let started = tokio::time::Instant::now();
-    vm.start().await.unwrap();
-    let waited = vm
-        .wait_for_poweroff(started + Duration::from_secs(240))
-        .await;
-    let elapsed = started.elapsed();
-    vm.undefine().await.unwrap();
-    if let Err(error) = waited {
-        let console =
-            std::fs::read_to_string(work.join(format!("{name}-console.log"))).unwrap_or_default();
-        panic!("guest did not power off: {error}\nconsole:\n{console}");
-    }
-    (io_disk, elapsed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,16 +153,14 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
     let overlay = Overlay::create(&image.base(), &work.join("pyti-boottest-0.qcow2"))
         .await
         .unwrap();
-    let (io_disk, boot_time) = boot(
-        &connection,
-        &image,
-        &overlay,
-        &work,
-        "pyti-boottest-0",
-        true,
-        "",
-    )
-    .await;
+    let vm = TestVm {
+        connection: &connection,
+        image: &image,
+        overlay: &overlay,
+        work: &work,
+        name: "pyti-boottest-0",
+    };
+    let (io_disk, boot_time) = vm.boot(true, "").await;
     let record = check::parse_selftest(&fat_read(&io_disk, "results/selftest.json"))
         .expect("the guest wrote a valid self-test record");
     assert_eq!(record.kernel_release, image.manifest.kernel_release);
@@ -172,16 +174,7 @@ async fn guest_boots_writes_to_the_io_disk_and_leaves_the_base_untouched() {
 
     // 3. Agent mode with an agent that dies without writing results.json (`/bin/false`
     //    in its place): init must leave an error record on the IO disk and power off.
-    let (io_disk, agent_boot_time) = boot(
-        &connection,
-        &image,
-        &overlay,
-        &work,
-        "pyti-boottest-0",
-        false,
-        "pyti.agent=/bin/false",
-    )
-    .await;
+    let (io_disk, agent_boot_time) = vm.boot(false, "pyti.agent=/bin/false").await;
     let listing = fat_list(&io_disk, "results");
     assert!(
         listing.to_lowercase().contains("agent-error.json"),

@@ -13,39 +13,61 @@ use pyti::proto::{
     DrainRequest, GetCapacityRequest, ListVmsRequest, VmState, WatchCapacityRequest,
     WorkerCancelJobRequest,
 };
+use pyti_testkit::grpc;
+use pyti_testkit::net::free_port;
 use pyti_worker::capacity::WorkerCapacity;
 use pyti_worker::config::WorkerConfig;
 use pyti_worker::control::ControlService;
 use pyti_worker::stateofvm::SlotPool;
+use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 const CONFIG: &str = "[config]\nworker_id = w1\ntotal_vms = 3\n\n[platform linux-debian]\nvms = 2\nvariants = python3.11\n\n[platform linux-other]\nvms = 1\n";
 
-async fn start_worker() -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let file = IniFile::parse(CONFIG, Path::new("test_config")).unwrap();
-    let config = Arc::new(WorkerConfig::from_ini(&file, &|_| None).unwrap());
-    let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let pool = SlotPool::new(config.slot_names()).unwrap();
-        let control = ControlService::new(WorkerCapacity::new(&config, pool));
-        pyti_worker::control::serve(control, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (format!("http://{addr}"), stop, server)
+/// A worker's control plane over [`CONFIG`], serving until stopped.
+struct ControlPlane {
+    url: String,
+    stop: CancellationToken,
+    server: JoinSet<()>,
+}
+
+impl ControlPlane {
+    async fn start() -> Self {
+        let file = IniFile::parse(CONFIG, Path::new("test_config")).unwrap();
+        let config = Arc::new(WorkerConfig::from_ini(&file, &|_| None).unwrap());
+        let (listener, addr) = pyti::grpc::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let stop = CancellationToken::new();
+        let mut server = JoinSet::new();
+        let stopped = stop.clone().cancelled_owned();
+        server.spawn(async move {
+            let pool = SlotPool::new(config.slot_names()).unwrap();
+            let control = ControlService::new(WorkerCapacity::new(&config, pool));
+            pyti_worker::control::serve(control, listener, stopped)
+                .await
+                .unwrap();
+        });
+        Self {
+            url: format!("http://{addr}"),
+            stop,
+            server,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while let Some(served) = self.server.join_next().await {
+            served.unwrap();
+        }
+    }
 }
 
 #[tokio::test]
 async fn capacity_comes_from_the_configuration_and_drain_reaches_watchers() {
-    let (url, stop, server) = start_worker().await;
-    let mut client = WorkerControlClient::connect(url).await.unwrap();
+    let worker = ControlPlane::start().await;
+    let mut client = WorkerControlClient::connect(worker.url.clone())
+        .await
+        .unwrap();
     let capacity = client
         .get_capacity(GetCapacityRequest {})
         .await
@@ -111,59 +133,18 @@ async fn capacity_comes_from_the_configuration_and_drain_reaches_watchers() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(err.message().contains("CancelJob j1"), "{}", err.message());
-    stop.send(()).unwrap();
-    server.await.unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
 async fn health_and_reflection_answer() {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_reflection::pb::{v1, v1alpha};
+    use tonic_reflection::pb::v1alpha;
 
-    let (url, stop, server) = start_worker().await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel.clone());
-    for service in ["", "pyti.v1.WorkerControl"] {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        assert_eq!(
-            status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        );
-    }
-
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let mut answers = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        answers.next().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected a service list");
-    };
-    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
+    let worker = ControlPlane::start().await;
+    let channel = grpc::channel(&worker.url).await;
+    grpc::assert_serving(&channel, &["", "pyti.v1.WorkerControl"]).await;
     assert_eq!(
-        names,
+        grpc::reflected_services(&channel).await,
         [
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
@@ -193,8 +174,7 @@ async fn health_and_reflection_answer() {
         panic!("expected file descriptors");
     };
     assert!(!files.file_descriptor_proto.is_empty());
-    stop.send(()).unwrap();
-    server.await.unwrap();
+    worker.stop().await;
 }
 
 /// grpcurl, when the host has it (`scripts/setup-host.sh` installs it; CI requires it).
@@ -220,14 +200,6 @@ fn grpcurl() -> Option<String> {
     found
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_binary_serves_grpcurl_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,14 +221,13 @@ fn the_binary_serves_grpcurl_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pyti-worker did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Serving, the worker handles signals; merely listening, SIGTERM would kill it.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(grpc::wait_serving(
+            &format!("http://{addr}"),
+            Duration::from_secs(30),
+        ));
 
     if let Some(grpcurl) = grpcurl() {
         let run = |args: &[&str]| {

@@ -3,15 +3,13 @@
 //! damage, the reader returns (Ok or Err), never panics, never loops, and never reports
 //! more than the caps allow.
 
-mod utils;
-
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
+use pyti_testkit::rng::Rng;
 use pyti_worker::diskhandler::{
     scan_image_bytes, DiskOperations, Error, FatKind, Geometry, Limit, ReadLimits,
 };
-use utils::Rng;
 
 /// Panics the FAT library raises inside the reader are caught there; keep them off stderr.
 fn quiet_fatfs_panics() {
@@ -190,7 +188,7 @@ fn corrupt(
                 0u32,
                 1,
                 0xFFFF_FFFF,
-                rng.next() as u32,
+                rng.next_u64() as u32,
                 layout.clusters as u32 + 2,
             ][rng.below(5) as usize];
             let width = if field == 28 { 4 } else { 2 };
@@ -202,7 +200,7 @@ fn corrupt(
         5 => {
             let at = 11 + rng.below(40) as usize;
             if at < image.len() {
-                image[at] = rng.next() as u8;
+                image[at] = rng.next_u64() as u8;
             }
         }
         _ => {

@@ -2,7 +2,7 @@
 //! mtools as the independent FAT implementation (what Linux's vfat writes is what we
 //! read), qemu-img for conversions, and guest-written trees that break the rules.
 
-mod utils;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -10,30 +10,27 @@ use std::path::Path;
 use std::process::Command;
 
 use pyti_guest::layout::RESULTS_SPACE_BYTES;
+use pyti_testkit::process::run_ok;
+use pyti_testkit::rng::Rng;
+use pyti_testkit::trees::{assert_same_tree, snapshot};
 use pyti_worker::diskhandler::{
     build_io_disk, convert_image, read_results, DiskEntry, DiskOperations, Error, ImageFormat,
     Limit, NameProblem, ReadLimits,
 };
-use utils::{assert_same_tree, write_job_tree, Rng, WHEEL_NAMES};
+use support::{write_job_tree, WHEEL_NAMES};
 
 const MIB: u64 = 1024 * 1024;
 
 fn run(command: &mut Command) -> String {
-    let output = command
+    let command = command
         .env("MTOOLS_SKIP_CHECK", "1")
-        .env("LC_ALL", "C.UTF-8")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .env("LC_ALL", "C.UTF-8");
+    let output = run_ok(command, "a disk tool");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn tree_size(root: &Path) -> u64 {
-    utils::snapshot(root)
+    snapshot(root)
         .values()
         .flatten()
         .map(|bytes| bytes.len() as u64)

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use pyti_testkit::process::run_ok;
 use pyti_worker::pypidownload::{
     resolve_and_download, Cache, CheckStatus, Request, ResolvedSet, Role, TargetEnv,
 };
@@ -40,36 +41,30 @@ fn assert_placed_and_verified(set: &ResolvedSet, dest: &Path) {
 /// pip's view of `requests==2.32.3` for the same target, as (name, version) pairs.
 fn pip_resolution(requirement: &str) -> BTreeSet<(String, String)> {
     let target = tempfile::tempdir().unwrap();
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--dry-run",
-            "--ignore-installed",
-            "--report",
-            "-",
-            "--quiet",
-        ])
-        .args([
-            "--python-version",
-            "3.11",
-            "--platform",
-            "manylinux_2_36_x86_64",
-            "--only-binary=:all:",
-        ])
-        .arg("--target")
-        .arg(target.path())
-        .arg(requirement)
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env_remove("PIP_FIND_LINKS")
-        .output()
-        .expect("python3 -m pip runs");
-    assert!(
-        output.status.success(),
-        "pip failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--report",
+        "-",
+        "--quiet",
+    ])
+    .args([
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_36_x86_64",
+        "--only-binary=:all:",
+    ])
+    .arg("--target")
+    .arg(target.path())
+    .arg(requirement)
+    .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    .env_remove("PIP_FIND_LINKS");
+    let output = run_ok(&mut pip, "pip's resolution");
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("pip prints a JSON report");
     report["install"]

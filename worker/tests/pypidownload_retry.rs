@@ -75,7 +75,8 @@ async fn server_errors_are_retried_and_404_is_not() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let hits: Hits = Arc::default();
-    let server = tokio::spawn(serve(listener, hits.clone()));
+    let mut server = tokio::task::JoinSet::new();
+    server.spawn(serve(listener, hits.clone()));
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
     let index = format!("http://{address}/simple");
@@ -111,5 +112,5 @@ async fn server_errors_are_retried_and_404_is_not() {
         1,
         "404 is an answer, not retried"
     );
-    server.abort();
+    server.abort_all();
 }

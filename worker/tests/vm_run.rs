@@ -5,15 +5,15 @@
 //! Needs root and libvirtd (scripts/setup-host.sh); the guest image is cached under
 //! `$PYTI_TEST_ROOT`.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{domains_with_prefix, files_with_prefix, static_agent, test_root};
+use pyti_testkit::fixtures::build_sdist;
+use pyti_testkit::schema::assert_follows_results_schema;
+use pyti_testkit::vm::{domains_with_prefix, files_with_prefix, static_agent, test_root};
 
 /// VM runs go one at a time: two cores do not boot several TCG guests quickly.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -37,8 +37,26 @@ fn vm_run(config: Option<&Path>, args: &[&str]) -> Output {
         .expect("pyti-vm-run runs")
 }
 
+/// [`vm_run`] with `config`, and the process id its domains and overlays are named by.
+fn vm_run_with_pid(config: &Path, args: &[&str]) -> (u32, Output) {
+    let child = vm_run_command(Some(config), args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts that the run ended with exit code `code`, saying `says` on stderr.
+fn assert_exit(out: &Output, code: i32, says: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "{says:?} missing: {stderr}");
 }
 
 /// Nothing of the run with process id `pid` is left: no domain, no overlay, no run dir.
@@ -89,17 +107,7 @@ fn rarfile_from_pypi_in_a_real_vm_with_json_that_follows_the_schema() {
     }
     let results: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is the results dict");
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../../schemas/results.schema.json")).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(&results)
-        .map(|e| format!("{}: {e}", e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "results do not follow the schema: {errors:?}"
-    );
+    assert_follows_results_schema(&results);
     assert_eq!(results["job"]["project_name"], "rarfile");
     assert_eq!(results["job"]["project_version"], "4.2");
     assert_eq!(results["outcome"], "passed");
@@ -122,26 +130,12 @@ fn rarfile_from_pypi_in_a_real_vm_with_json_that_follows_the_schema() {
 #[test]
 fn bad_input_is_refused_before_anything_starts() {
     let out = vm_run(None, &["rar file"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("not a valid PyPI project name"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit(&out, 2, "not a valid PyPI project name");
     let out = vm_run(None, &["rarfile==4.2", "--recipe", "everything"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("everything") && stderr.contains("behaviour"),
-        "{stderr}"
-    );
+    assert_exit(&out, 2, "everything");
+    assert_exit(&out, 2, "behaviour");
     let out = vm_run(None, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("nothing to test"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit(&out, 2, "nothing to test");
 }
 
 #[test]
@@ -150,12 +144,7 @@ fn a_project_that_does_not_exist_is_the_package_fault() {
         None,
         &["pyti-no-such-project-4c1d2e", "--recipe", "install"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("pyti-no-such-project-4c1d2e"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_exit(&out, 1, "pyti-no-such-project-4c1d2e");
 }
 
 #[test]
@@ -185,13 +174,7 @@ fn an_image_that_cannot_boot_is_an_infrastructure_error_and_leaves_nothing() {
         &format!("image = {}\nrun_timeout_s = 20\n", broken.display()),
     );
 
-    let child = vm_run_command(Some(&config), &["rarfile==4.2", "--recipe", "install"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = vm_run_with_pid(&config, &["rarfile==4.2", "--recipe", "install"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -206,19 +189,8 @@ fn a_deadline_destroys_the_vm_and_leaves_nothing() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let config = worker_config(dir.path(), "run_timeout_s = 10\n");
-    let child = vm_run_command(Some(&config), &["rarfile==4.2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("did not power off within 10 s and was destroyed"),
-        "{stderr}"
-    );
+    let (pid, out) = vm_run_with_pid(&config, &["rarfile==4.2"]);
+    assert_exit(&out, 3, "did not power off within 10 s and was destroyed");
     assert_nothing_left(pid);
 }
 
@@ -273,6 +245,16 @@ fn task<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no {name} task"))
 }
 
+/// The text `field` of each item of the JSON array `items` (items without it left out).
+fn texts<'a>(items: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| item[field].as_str())
+        .collect()
+}
+
 fn statuses(results: &serde_json::Value) -> Vec<(String, String)> {
     results["tasks"]
         .as_array()
@@ -298,7 +280,7 @@ fn expected(statuses: &[(&str, &str)]) -> Vec<(String, String)> {
 fn a_clean_local_sdist_passes_every_task_in_a_vm() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let sdist = support::build_fixture_sdist("clean", dir.path());
+    let sdist = build_sdist("clean", dir.path());
     let out = vm_run(None, &[sdist.to_str().unwrap(), "--json"]);
     let stderr = text(&out.stderr);
     assert_eq!(
@@ -353,7 +335,7 @@ fn a_clean_local_sdist_passes_every_task_in_a_vm() {
 fn a_failing_test_suite_gives_exit_code_1() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let sdist = support::build_fixture_sdist("failing", dir.path());
+    let sdist = build_sdist("failing", dir.path());
     let output = dir.path().join("kept");
     let out = vm_run(
         None,
@@ -386,7 +368,7 @@ fn a_failing_test_suite_gives_exit_code_1() {
 fn the_hostile_fixture_is_malicious_in_a_vm_as_in_host_mode() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let sdist = support::build_fixture_sdist("hostile", dir.path());
+    let sdist = build_sdist("hostile", dir.path());
     let out = vm_run(
         None,
         &[sdist.to_str().unwrap(), "--recipe", "behaviour", "--json"],
@@ -411,19 +393,9 @@ fn the_hostile_fixture_is_malicious_in_a_vm_as_in_host_mode() {
         network.contains(&("127.0.0.1".to_owned(), 9)),
         "{network:?}"
     );
-    let dns: Vec<&str> = report["dns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["name"].as_str())
-        .collect();
+    let dns = texts(&report["dns"], "name");
     assert_eq!(dns, ["pyti-fixture.invalid"], "{}", report["dns"]);
-    let sensitive: Vec<&str> = report["sensitive_reads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["path"].as_str().unwrap())
-        .collect();
+    let sensitive = texts(&report["sensitive_reads"], "path");
     assert_eq!(sensitive, ["/root/.ssh/id_rsa"]);
     let processes: Vec<String> = report["processes"]
         .as_array()
@@ -437,12 +409,7 @@ fn the_hostile_fixture_is_malicious_in_a_vm_as_in_host_mode() {
             .any(|p| p.contains("\"sh\"") && p.contains("\"-c\"")),
         "{processes:?}"
     );
-    let persistence: Vec<&str> = report["persistence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["path"].as_str().unwrap())
-        .collect();
+    let persistence = texts(&report["persistence"], "path");
     assert_eq!(persistence, ["/etc/cron.d/pyti-fixture"]);
 }
 

@@ -2,8 +2,7 @@
 //! built from the plain files under `tests/fixtures/`, and running the agent binary in
 //! private namespaces so fixtures never touch the host.
 
-// Each test binary uses a part of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of these helpers")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,28 +12,18 @@ use pyti_guest::job::{describe_inputs, GuestJob, JOB_SCHEMA_VERSION};
 use pyti_guest::recipe::Recipe;
 use pyti_guest::recipe::TaskKind;
 use pyti_guest::results::{parse_results, Results, ResultsLimits, TaskResult};
+use pyti_testkit::fixtures::build_sdist;
+use pyti_testkit::process::run_ok;
+use pyti_testkit::schema::assert_follows_results_schema;
 
 /// The interpreter of the guest image (Debian bookworm's), also present on the host.
 pub const PYTHON: &str = "/usr/bin/python3";
-
-/// The script that packs a fixture directory into an sdist.
-const FIXTURE_BUILDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/build_sdist.py");
 
 /// Scratch space of this test binary under the target directory.
 pub fn scratch() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pyti-guest");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn check(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {command:?}\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// pytest, pycodestyle, pyflakes, setuptools and wheel as wheels, downloaded once with
@@ -46,7 +35,7 @@ pub fn tools_dir() -> &'static Path {
         let complete = dir.join(".complete");
         if !complete.exists() {
             std::fs::create_dir_all(&dir).unwrap();
-            check(
+            run_ok(
                 Command::new("python3")
                     .args([
                         "-m",
@@ -73,32 +62,13 @@ pub fn venv_template() -> &'static Path {
         let dir = scratch().join("venv-template");
         if !dir.join("bin/python").exists() {
             let _ = std::fs::remove_dir_all(&dir);
-            check(
+            run_ok(
                 Command::new(PYTHON).args(["-m", "venv"]).arg(&dir),
                 "creating the venv template",
             );
         }
         dir
     })
-}
-
-/// Builds `pyti-<fixture>-1.0.tar.gz` from `tests/fixtures/<fixture>/` into `dest`.
-pub fn build_sdist(fixture: &str, dest: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(fixture);
-    let name = format!("pyti-{fixture}-1.0");
-    let archive = dest.join(format!("{name}.tar.gz"));
-    check(
-        Command::new(PYTHON)
-            .arg(FIXTURE_BUILDER)
-            .arg(&source)
-            .arg(&name)
-            .arg(&archive)
-            .arg(format!("pyti-{fixture}")),
-        "building the fixture sdist",
-    );
-    archive
 }
 
 /// One finished agent run.
@@ -147,7 +117,7 @@ pub fn run_fixture(fixture: &str, recipe: Recipe) -> Run {
 /// Builds a wheel from a fixture's sdist with the template's pip, its build backend
 /// from the tools cache, as a publisher would upload next to the sdist.
 pub fn build_wheel(sdist: &Path, dest: &Path) {
-    check(
+    run_ok(
         Command::new(venv_template().join("bin/python"))
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -196,21 +166,8 @@ pub fn run_fixture_as(fixture: &str, recipe: Recipe, wheel: bool) -> Run {
             .unwrap();
         }
     }
-    let job = GuestJob {
-        schema_version: JOB_SCHEMA_VERSION,
-        job_id: format!("test-{fixture}"),
-        attempt: 1,
-        project_name: format!("pyti-{fixture}"),
-        project_version: "1.0".into(),
-        recipe_identifier: recipe.identifier.clone(),
-        platform_identifier: "host".into(),
-        platform_variants: Vec::new(),
-        recipe,
-        inputs: describe_inputs(io.path()).unwrap(),
-        image_hash: Some("host-mode".into()),
-        venv_template: Some(venv_template().display().to_string()),
-        python: Some(PYTHON.into()),
-    };
+    let mut job = host_job(fixture, recipe, io.path());
+    job.image_hash = Some("host-mode".into());
     std::fs::write(io.path().join("job.json"), job.to_json_pretty()).unwrap();
     let resolv = work.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
@@ -256,19 +213,9 @@ pub fn run_fixture_as(fixture: &str, recipe: Recipe, wheel: bool) -> Run {
 }
 
 /// Checks results bytes against `schemas/results.schema.json`.
-pub fn validate_against_schema(bytes: &[u8]) {
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../../../schemas/results.schema.json")).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
+fn validate_against_schema(bytes: &[u8]) {
     let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(&value)
-        .map(|e| format!("{e} at {}", e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "results do not match the schema: {errors:#?}"
-    );
+    assert_follows_results_schema(&value);
 }
 
 /// Runs the agent binary directly (no namespaces: only for jobs that run no package
@@ -299,21 +246,29 @@ pub fn io_with_job(fixture: &str, recipe: Recipe) -> (tempfile::TempDir, GuestJo
     let io = temp(&format!("io-{fixture}-"));
     std::fs::create_dir_all(io.path().join("dist")).unwrap();
     build_sdist(fixture, &io.path().join("dist"));
-    let job = GuestJob {
+    let mut job = host_job(fixture, recipe, io.path());
+    job.attempt = 2;
+    job.platform_variants = vec!["plain".into()];
+    std::fs::write(io.path().join("job.json"), job.to_json_pretty()).unwrap();
+    (io, job)
+}
+
+/// The first attempt of a job for `fixture`'s sdist with `recipe` on the host (the
+/// venv template and the host's Python), its inputs as they are in `io` now.
+fn host_job(fixture: &str, recipe: Recipe, io: &Path) -> GuestJob {
+    GuestJob {
         schema_version: JOB_SCHEMA_VERSION,
         job_id: format!("test-{fixture}"),
-        attempt: 2,
+        attempt: 1,
         project_name: format!("pyti-{fixture}"),
         project_version: "1.0".into(),
         recipe_identifier: recipe.identifier.clone(),
         platform_identifier: "host".into(),
-        platform_variants: vec!["plain".into()],
+        platform_variants: Vec::new(),
         recipe,
-        inputs: describe_inputs(io.path()).unwrap(),
+        inputs: describe_inputs(io).unwrap(),
         image_hash: None,
         venv_template: Some(venv_template().display().to_string()),
         python: Some(PYTHON.into()),
-    };
-    std::fs::write(io.path().join("job.json"), job.to_json_pretty()).unwrap();
-    (io, job)
+    }
 }

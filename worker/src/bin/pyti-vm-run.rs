@@ -157,14 +157,16 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
     }
     let pool = SlotPool::new(config.slot_names())?;
     let cancel = CancellationToken::new();
-    let interrupt = {
+    // Owned here: returning early drops the set, which stops listening for Ctrl-C.
+    let mut interrupt = tokio::task::JoinSet::new();
+    {
         let cancel = cancel.clone();
-        tokio::spawn(async move {
+        interrupt.spawn(async move {
             pyti::grpc::shutdown_signal().await;
             eprintln!("interrupted: stopping the VMs and cleaning up");
             cancel.cancel();
-        })
-    };
+        });
+    }
     let manager = tokio::select! {
         manager = Manager::start(Arc::clone(&config), pool, recipes, cli.agent.as_deref()) => Arc::new(manager?),
         () = cancel.cancelled() => return Ok(EXIT_INTERRUPTED),
@@ -192,7 +194,8 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
         });
     }
     drop(sender);
-    let printer = tokio::spawn(async move {
+    let mut printer = tokio::task::JoinSet::new();
+    printer.spawn(async move {
         while let Some(event) = receiver.recv().await {
             print_progress(&names, &event);
         }
@@ -202,10 +205,10 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
     while let Some(joined) = runs.join_next().await {
         finished.push(joined.context("a job task failed")?);
     }
-    if let Err(error) = printer.await {
+    if let Some(Err(error)) = printer.join_next().await {
         eprintln!("warning: the progress printer failed: {error}");
     }
-    interrupt.abort();
+    interrupt.abort_all();
     report(&cli, &config.root, finished, cancel.is_cancelled())
 }
 

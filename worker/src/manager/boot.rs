@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -106,7 +107,9 @@ impl JobRun<'_> {
 struct ConsoleFollower {
     stop: CancellationToken,
     agent_started: Arc<OnceLock<Instant>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The following task: a follower dropped without [`ConsoleFollower::stop`] (its
+    /// run's future dropped) aborts it rather than leave it following forever.
+    task: JoinSet<()>,
 }
 
 impl ConsoleFollower {
@@ -117,7 +120,8 @@ impl ConsoleFollower {
         let path = run.paths.console_log.clone();
         let job_id = run.job.job_id.clone();
         let sender = run.clock.progress().clone();
-        let task = tokio::spawn({
+        let mut task = JoinSet::new();
+        task.spawn({
             let (stop, agent_started) = (stop.clone(), Arc::clone(&agent_started));
             async move {
                 let events = sender.clone();
@@ -138,9 +142,9 @@ impl ConsoleFollower {
     }
 
     /// Stops following; when the agent started, if it did.
-    async fn stop(self, job_id: &str) -> Option<Instant> {
+    async fn stop(mut self, job_id: &str) -> Option<Instant> {
         self.stop.cancel();
-        if let Err(error) = self.task.await {
+        if let Some(Err(error)) = self.task.join_next().await {
             warn!(%job_id, %error, "The console follower failed; task progress may be incomplete");
         }
         self.agent_started.get().copied()

@@ -1,104 +1,45 @@
-//! Helpers for the tests that boot real VMs: the shared test root (where the guest
-//! image is cached between runs) and the static guest agent.
+//! The IO disk tests' job tree: the layout of a real job with long names, nested
+//! directories, binary and empty files, the same bytes on every run.
 
-#![allow(dead_code)]
+use std::fs;
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use pyti_testkit::rng::Rng;
 
-/// The guest tests' script that packs a fixture directory into an sdist.
-const FIXTURE_BUILDER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../guest/tests/fixtures/build_sdist.py"
-);
+/// Long wheel names like the ones a dependency closure holds.
+pub const WHEEL_NAMES: &[&str] = &[
+    "numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "charset_normalizer-3.3.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "typing_extensions-4.12.2-py3-none-any.whl",
+    "pytest-8.3.3-py3-none-any.whl",
+    "a.whl",
+];
 
-/// libvirt connection of the VM tests.
-pub const URI: &str = "qemu:///system";
-
-/// Where VM tests keep images and caches: `$PYTI_TEST_ROOT` or `/var/tmp/pyti-test-root`.
-pub fn test_root() -> PathBuf {
-    std::env::var_os("PYTI_TEST_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/pyti-test-root"))
-}
-
-/// Builds the static guest agent (a no-op when it is up to date) and returns its path.
-pub fn static_agent() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "pyti-guest",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the static pyti-guest failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let agent = target.join("x86_64-unknown-linux-gnu/release/pyti-guest");
-    pyti_worker::image::agent::check_static_agent(&agent).expect("the agent is static");
-    agent
-}
-
-/// libvirt domains whose name starts with `prefix`.
-pub fn domains_with_prefix(prefix: &str) -> Vec<String> {
-    let out = Command::new("virsh")
-        .args(["-c", URI, "list", "--all", "--name"])
-        .output()
-        .expect("virsh runs");
-    assert!(
-        out.status.success(),
-        "virsh list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Files directly in `dir` whose name starts with `prefix` (none when `dir` is missing).
-pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Builds `pyti-<fixture>-1.0.tar.gz` from the guest's fixture sources
-/// (`guest/tests/fixtures/<fixture>/`) into `dest`, and returns its path.
-pub fn build_fixture_sdist(fixture: &str, dest: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest/tests/fixtures")
-        .join(fixture);
-    let name = format!("pyti-{fixture}-1.0");
-    let archive = dest.join(format!("{name}.tar.gz"));
-    let status = Command::new("python3")
-        .arg(FIXTURE_BUILDER)
-        .arg(&source)
-        .arg(&name)
-        .arg(&archive)
-        .arg(format!("pyti-{fixture}"))
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "building the {fixture} fixture sdist failed"
-    );
-    archive
+/// Writes the IO disk layout with long names, nested directories, binary and empty files.
+pub fn write_job_tree(root: &Path, seed: u64) {
+    let mut rng = Rng::new(seed);
+    fs::create_dir_all(root.join("dist")).unwrap();
+    fs::create_dir_all(root.join("wheels")).unwrap();
+    fs::create_dir_all(root.join("tools/pytest/nested/deeper/still deeper")).unwrap();
+    fs::write(
+        root.join("job.json"),
+        br#"{"project_name": "rarfile", "project_version": "4.2"}"#,
+    )
+    .unwrap();
+    fs::write(root.join("dist/rarfile-4.2.tar.gz"), rng.bytes(300_001)).unwrap();
+    for (index, name) in WHEEL_NAMES.iter().enumerate() {
+        let length = 1000 + index * 77_777 + rng.below(5000) as usize;
+        fs::write(root.join("wheels").join(name), rng.bytes(length)).unwrap();
+    }
+    fs::write(
+        root.join("tools/pytest/nested/deeper/still deeper/Résumé ü ✓.txt"),
+        "unicode\n",
+    )
+    .unwrap();
+    fs::write(root.join("tools/pytest/empty"), b"").unwrap();
+    fs::write(
+        root.join("tools/pytest/exactly-one-cluster.bin"),
+        rng.bytes(4096),
+    )
+    .unwrap();
 }

@@ -3,21 +3,6 @@
 use super::*;
 use pyti::proto::{Outcome, TaskStatus};
 
-/// A PostgreSQL URL whose connections use a new, empty schema.
-pub(crate) async fn postgres_url() -> String {
-    let base = std::env::var("PYTI_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    format!("{base}?options=-c%20search_path%3D{schema}")
-}
-
 fn job(id: &str, project: &str) -> JobRow {
     JobRow {
         job_id: id.to_owned(),
@@ -252,6 +237,6 @@ async fn sqlite_store_keeps_jobs_results_and_workers() {
 
 #[tokio::test]
 async fn postgres_store_keeps_jobs_results_and_workers() {
-    let url = postgres_url().await;
+    let url = pyti_testkit::postgres::fresh_schema_url().await;
     exercise(open(&url).await.unwrap()).await;
 }
