@@ -487,5 +487,8 @@ fn numpy_2_installs_and_imports_on_the_guest_cpu() {
     assert_eq!(results["tasks"][1]["status"], "passed", "{results:#}");
     let cpu = &results["platform"]["cpu"];
     assert!(cpu["x86_64_level"].as_u64().unwrap() >= 2, "{cpu:#}");
-    assert!(cpu["model"].as_str().is_some_and(|m| !m.is_empty()), "{cpu:#}");
+    assert!(
+        cpu["model"].as_str().is_some_and(|m| !m.is_empty()),
+        "{cpu:#}"
+    );
 }
