@@ -432,6 +432,28 @@ mod tests {
     }
 
     #[test]
+    fn download_budgets_default_and_parse_each_on_its_own() {
+        let config = parse("[config]\n", &no_env).unwrap();
+        assert_eq!(config.budgets, Budgets::default());
+        assert_eq!(config.cache_max_bytes, DEFAULT_CACHE_MAX_BYTES);
+        let text = "[config]\nmax_closure_files = 40\nmax_resolution_s = 60\nmax_archive_ratio = 50\ncache_max_bytes = 1073741824\n";
+        let config = parse(text, &no_env).unwrap();
+        assert_eq!(config.budgets.max_files, 40);
+        assert_eq!(config.budgets.max_resolution_s, 60);
+        assert_eq!(config.budgets.archive.max_ratio, 50);
+        assert_eq!(
+            config.budgets.max_bytes,
+            Budgets::default().max_bytes,
+            "unset keys keep their default"
+        );
+        assert_eq!(config.cache_max_bytes, 1 << 30);
+        let err = parse("[config]\nmax_archive_ratio = 1\n", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[config] max_archive_ratio"), "{err}");
+    }
+
+    #[test]
     fn shipped_example_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let mut seen = 0;

@@ -760,3 +760,32 @@ fn unreachable_error(project: &str, url: &Url, error: &reqwest::Error) -> Error 
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_file_names_pass() {
+        for plain in [
+            "six-1.16.0-py2.py3-none-any.whl",
+            "docopt-0.6.2.tar.gz",
+            "a..b-1.0.zip",
+        ] {
+            assert_eq!(unsafe_file_name(plain), None, "{plain}");
+        }
+        for (name, reason) in [
+            ("", "empty"),
+            ("/etc/passwd", "an absolute path"),
+            ("\\\\server\\x.whl", "an absolute path"),
+            ("../x-1.0.tar.gz", "a path, not a file name"),
+            ("dist/x-1.0.tar.gz", "a path, not a file name"),
+            ("..", "a dot file or a parent directory"),
+            (".hidden-1.0.tar.gz", "a dot file or a parent directory"),
+            ("x\n-1.0.tar.gz", "a name with control characters"),
+        ] {
+            assert_eq!(unsafe_file_name(name), Some(reason), "{name:?}");
+        }
+        assert!(unsafe_file_name(&"a".repeat(256)).is_some());
+    }
+}
