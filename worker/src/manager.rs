@@ -167,7 +167,9 @@ impl Manager {
         release_unused(lease, &job.job_id);
         planned?;
         let mut prepared = self.prepare(job, progress, &cancel).await?;
-        let lease = self.acquire_slot(job, &mut prepared.clock, &cancel).await?;
+        let lease = self
+            .acquire_slot(job, &mut prepared.clock, &cancel, true)
+            .await?;
         self.run_prepared(job, prepared, lease, cancel).await
     }
 
@@ -250,7 +252,7 @@ impl Manager {
         cancel: &CancellationToken,
     ) -> Result<SlotLease, RunError> {
         let mut clock = StageClock::new(&job.job_id, progress.clone());
-        self.acquire_slot(job, &mut clock, cancel).await
+        self.acquire_slot(job, &mut clock, cancel, false).await
     }
 
     /// Takes a ready slot for the prepared `job`, waiting for one; the wait is timed
@@ -261,21 +263,30 @@ impl Manager {
         prepared: &mut Prepared,
         cancel: &CancellationToken,
     ) -> Result<SlotLease, RunError> {
-        self.acquire_slot(job, &mut prepared.clock, cancel).await
+        self.acquire_slot(job, &mut prepared.clock, cancel, false)
+            .await
     }
 
+    /// Waits for a ready slot; `accepted` when the job held one before (a farm job
+    /// that gave its slot back while downloading), which a drain does not refuse.
     async fn acquire_slot(
         &self,
         job: &JobRequest,
         clock: &mut StageClock,
         cancel: &CancellationToken,
+        accepted: bool,
     ) -> Result<SlotLease, RunError> {
         let plan = self.plan(job)?;
         let platform = plan.runtime.config.name.as_str();
         clock.start(Stage::WaitingForSlot, platform);
         let mut changes = self.pool.watch();
         loop {
-            match self.pool.acquire(platform, &job.job_id) {
+            let taken = if accepted {
+                self.pool.reacquire(platform, &job.job_id)
+            } else {
+                self.pool.acquire(platform, &job.job_id)
+            };
+            match taken {
                 Ok(lease) => {
                     clock.finish(lease.name());
                     return Ok(lease);
