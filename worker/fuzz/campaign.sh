@@ -5,6 +5,7 @@
 #   worker/fuzz/campaign.sh [TARGET...]     default: every target in fuzz_targets/
 #   FUZZ_RUNS=10000000 FUZZ_SECONDS=900     stop at whichever comes first
 #   FUZZ_TARGET_DIR=...                     where the instrumented build goes (default: target/)
+#   FUZZ_KEEP_BYTES=65536                   inputs a campaign adds to corpus/<target>, at most
 #
 # Needs cargo-fuzz (installed here when missing). It works on the stable toolchain:
 # RUSTC_BOOTSTRAP=1 lets stable rustc take the nightly-only flags cargo-fuzz passes.
@@ -17,6 +18,7 @@ export RUSTC_BOOTSTRAP=1
 runs=${FUZZ_RUNS:-10000000}
 seconds=${FUZZ_SECONDS:-900}
 target_dir=${FUZZ_TARGET_DIR:-target}
+keep_bytes=${FUZZ_KEEP_BYTES:-65536}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz" >&2
@@ -55,4 +57,17 @@ for target in "${targets[@]}"; do
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "${executions:-?}" "$elapsed" \
     "${cov:-?}" "${ft:-?}" "${corpus:-?}" "${new_units:-?}" "$crashes" >>runs/summary.tsv
   echo "$target: exit $status, ${executions:-?} executions in ${elapsed}s, cov ${cov:-?}, ft ${ft:-?}, $crashes crashes" >&2
+  # What the campaign found beyond the committed corpus, minimised by libFuzzer; kept
+  # (and then replayed by the tests) when it is small enough to commit.
+  rm -rf "runs/$target/merged" && cp -r "corpus/$target" "runs/$target/merged"
+  before=$(du -sb "runs/$target/merged" | cut -f1)
+  cargo fuzz run --sanitizer none --debug-assertions --target-dir "$target_dir" "$target" \
+    "runs/$target/merged" "runs/$target/corpus" -- -merge=1 >"runs/$target/merge.log" 2>&1 || true
+  added=$(( $(du -sb "runs/$target/merged" | cut -f1) - before ))
+  if [ "$added" -le "$keep_bytes" ]; then
+    cp -n "runs/$target/merged"/* "corpus/$target/"
+    echo "$target: $added bytes of new inputs added to corpus/$target" >&2
+  else
+    echo "$target: the minimised new inputs take $added bytes, more than $keep_bytes: not kept" >&2
+  fi
 done
