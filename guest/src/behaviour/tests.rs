@@ -5,6 +5,7 @@ fn context() -> TraceContext {
         home: "/w/home".into(),
         environment_roots: vec!["/w/env".into(), "/w/tmp".into(), "/w/work".into()],
         initial_cwd: "/w/work".into(),
+        decoys: Vec::new(),
     }
 }
 

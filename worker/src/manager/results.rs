@@ -61,6 +61,7 @@ pub fn with_host_metadata(mut results: Results, resolved: &ResolvedSet) -> Resul
         message,
         metrics: Some(TaskMetrics::Metadata(metrics)),
         platform_fault: None,
+        package_fault: None,
     };
     match results
         .tasks
