@@ -210,10 +210,15 @@ impl<'a> TaskContext<'a> {
         (!attempts.is_empty()).then(|| PackageFault {
             kind: crate::results::PackageFaultKind::Tampering,
             detail: format!(
-                "{} attempt(s) on the sandbox during {}, first: {}",
+                "{} attempt(s) on the sandbox during {}: {}",
                 attempts.len(),
                 phase.as_str(),
-                attempts[0]
+                attempts
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         })
     }
