@@ -466,22 +466,40 @@ impl Observations {
         }
         .and_then(|a| strace::decode_text(a));
         let arguments = call.args.join(", ").to_lowercase();
+        let payloads: Vec<Vec<u8>> = match call.name.as_str() {
+            "sendto" => call
+                .args
+                .get(1)
+                .and_then(|a| strace::decode_string(a))
+                .into_iter()
+                .collect(),
+            "sendmsg" | "sendmmsg" => call
+                .args
+                .get(1)
+                .map(|m| strace::iov_payloads(m))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let names: Vec<String> = payloads.iter().filter_map(|p| dns_query_name(p)).collect();
         for decoy in &context.decoys {
             let read = opened.is_some() && opened.as_deref() == decoy.path.as_deref();
             let value = decoy.value.to_lowercase();
+            let looked_up = names.iter().find(|n| n.to_lowercase().contains(&value));
             let detail = if read {
                 format!(
                     "opened {} ({})",
                     decoy.path.as_deref().unwrap_or(""),
                     call.result_name()
                 )
-            } else if arguments.contains(&value) {
-                let at = arguments.find(&value).unwrap_or(0);
+            } else if let Some(name) = looked_up {
+                format!("its value in the DNS query for {name}")
+            } else if let Some(at) = arguments.find(&value) {
                 let from = (0..=at.saturating_sub(40))
                     .rev()
                     .find(|i| arguments.is_char_boundary(*i))
                     .unwrap_or(0);
                 let to = (at + value.len()..=(at + value.len() + 40).min(arguments.len()))
+                    .rev()
                     .find(|i| arguments.is_char_boundary(*i))
                     .unwrap_or(arguments.len());
                 format!("its value in {}", &arguments[from..to])

@@ -401,6 +401,55 @@ mod tests {
         vm
     }
 
+    fn results_of(job_id: &str, attempt: u32, nonce: Option<&str>) -> Results {
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 3,
+            "job": {"job_id": job_id, "attempt": attempt, "project_name": "p",
+                    "project_version": "1", "recipe_identifier": "install",
+                    "platform_identifier": "linux-debian", "platform_variants": []},
+            "platform": {"python_version": "3.11", "kernel": null, "machine": "x86_64",
+                         "image_hash": null, "agent_version": "0"},
+            "inputs": [], "tasks": [], "outcome": "passed",
+            "outcome_detail": "", "duration_s": 1.0, "nonce": nonce
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn results_must_be_this_run_s_with_its_nonce_and_a_clean_console() {
+        let job = JobRequest {
+            job_id: "job-7".into(),
+            attempt: 2,
+            spec: pyti::model::JobSpec {
+                project_name: "p".into(),
+                project_version: "1".into(),
+                recipe_identifier: "install".into(),
+                platform_identifier: "linux-debian".into(),
+                platform_variants: Vec::new(),
+            },
+            local_distribution: None,
+        };
+        let nonce = new_nonce();
+        assert_eq!(nonce.len(), 32);
+        assert_ne!(nonce, new_nonce());
+        let trail = AgentTrail::new(Some(nonce.clone()));
+        let genuine = results_of("job-7", 2, Some(&nonce));
+        assert_eq!(results_problem(&genuine, &job, &nonce, &trail), None);
+        for (forged, says) in [
+            (results_of("job-7", 2, None), "nonce"),
+            (results_of("job-7", 2, Some("guessed")), "nonce"),
+            (results_of("job-7", 1, Some(&nonce)), "attempt 1"),
+            (results_of("other", 2, Some(&nonce)), "job other"),
+        ] {
+            let problem = results_problem(&forged, &job, &nonce, &trail).unwrap();
+            assert!(problem.contains(says), "{problem}");
+        }
+        let mut noisy = trail.clone();
+        noisy.check("pyti-guest: task install passed 1.0s");
+        let problem = results_problem(&genuine, &job, &nonce, &noisy).unwrap();
+        assert!(problem.contains("not the agent's"), "{problem}");
+    }
+
     #[tokio::test]
     async fn rollback_releases_the_slot_or_breaks_it_when_something_stays() {
         let connection = Connection::open("test:///default").await.unwrap();
