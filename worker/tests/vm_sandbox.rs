@@ -21,7 +21,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("pyti_config");
     std::fs::write(
         &path,
-        "[config]\ntotal_vms = 2\n\n[platform linux-debian]\nvms = 2\naccel = tcg\nrun_timeout_s = 900\n",
+        "[config]\ntotal_vms = 2\n\n[platform linux-debian]\nvms = 2\naccel = tcg\nrun_timeout_s = 2400\n",
     )
     .unwrap();
     let recipes = dir.join("recipes");
@@ -29,17 +29,17 @@ fn config(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         recipes.join("install.toml"),
         "description = \"install and import, short timeouts\"\n\n\
-         [[task]]\nkind = \"install\"\ntimeout_s = 300\n\n\
+         [[task]]\nkind = \"install\"\ntimeout_s = 900\n\n\
          [[task]]\nkind = \"import\"\ntimeout_s = 40\n",
     )
     .unwrap();
     std::fs::write(
         recipes.join("spy.toml"),
         "description = \"every phase that runs package code, traced\"\n\n\
-         [[task]]\nkind = \"install\"\ntimeout_s = 300\n\n\
+         [[task]]\nkind = \"install\"\ntimeout_s = 900\n\n\
          [[task]]\nkind = \"import\"\ntimeout_s = 120\n\n\
          [[task]]\nkind = \"behaviour\"\ntimeout_s = 120\n\n\
-         [[task]]\nkind = \"tests\"\ntimeout_s = 400\n",
+         [[task]]\nkind = \"tests\"\ntimeout_s = 900\n",
     )
     .unwrap();
     path
