@@ -54,6 +54,11 @@ pub struct GuestJob {
     /// The interpreter to use when there is no template (default `python3`).
     #[serde(default)]
     pub python: Option<String>,
+    /// A secret of this run (hex), readable by the agent only: it goes back in the
+    /// results and keys the MAC of the agent's console progress lines, so the host can
+    /// tell the agent's own word from anything the package forged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// What an input file is for.
@@ -338,6 +343,7 @@ mod tests {
             image_hash: None,
             venv_template: None,
             python: None,
+            nonce: None,
         }
     }
 

@@ -11,6 +11,9 @@ use pyti_guest::recipe::RecipeBook;
 const USAGE: &str = "usage:
   pyti-guest run --io DIR [--work DIR] [--venv-template PATH] [--python PATH]
                  [--home DIR] [--snapshot-root DIR]... [--strace PATH]
+                 [--outside-vm yes]
+  (run refuses to run package code outside a PyTI VM unless given --outside-vm yes:
+   there it runs as the caller, unsandboxed; trusted fixtures only)
   pyti-guest recipes [--dir DIR]";
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn run(args: &[String]) -> ExitCode {
         "--home",
         "--snapshot-root",
         "--strace",
+        "--outside-vm",
     ];
     let pairs = match flags(args, &known) {
         Ok(pairs) => pairs,
@@ -60,7 +64,19 @@ fn run(args: &[String]) -> ExitCode {
         eprintln!("pyti-guest run: --io DIR is required\n{USAGE}");
         return ExitCode::from(2);
     };
+    let outside = pairs.iter().any(|(f, v)| f == "--outside-vm" && v == "yes");
+    let in_vm = in_pyti_vm();
+    if !in_vm && !outside {
+        eprintln!(
+            "pyti-guest run: this is not a PyTI VM (no pyti-init on the kernel command line): \
+             package code would run unsandboxed as {}; pass --outside-vm yes for trusted \
+             fixtures only",
+            std::env::var("USER").unwrap_or_else(|_| "this user".into())
+        );
+        return ExitCode::from(2);
+    }
     let mut options = AgentOptions::for_io_dir(&PathBuf::from(io));
+    options.sandbox = in_vm && !outside;
     for (flag, value) in &pairs {
         let path = PathBuf::from(value);
         match flag.as_str() {
@@ -90,6 +106,14 @@ fn run(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// True in a VM booted by PyTI: its init is `pyti-init`, PID 1 of the guest image.
+fn in_pyti_vm() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|line| {
+        line.split_whitespace()
+            .any(|word| word.starts_with("init=") && word.ends_with("/pyti-init"))
+    })
 }
 
 fn recipes(args: &[String]) -> ExitCode {

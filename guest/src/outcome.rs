@@ -36,7 +36,8 @@ pub enum Outcome {
     /// Farm: the VM did not boot (set by the host).
     #[serde(alias = "vm_did_not_boot")]
     VmBootFailed,
-    /// Farm: a task or the whole VM ran past its deadline.
+    /// Farm: the whole VM ran past the platform's deadline before package code ran, or
+    /// the host could not tell (a task past its own timeout is [`Outcome::TaskTimeout`]).
     Deadline,
     /// Farm: the IO disk or its job could not be read or written.
     DiskError,
@@ -53,11 +54,20 @@ pub enum Outcome {
     CpuUnsupported,
     /// Nobody's fault: stopped on request.
     Cancelled,
+    /// Package: it attacked the sandbox itself (powered the VM off or killed the agent
+    /// while its code ran, forged or oversized the results, touched the IO disk or the
+    /// power switch).
+    SandboxTampering,
+    /// Package: it exhausted the guest (a fork bomb at the process limit, a full disk,
+    /// memory until the OOM killer).
+    ResourceExhaustion,
+    /// Package: a task ran past its own timeout (a hang in its code, not the farm's).
+    TaskTimeout,
 }
 
 impl Outcome {
     /// Every outcome, in protocol order.
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Passed,
         Outcome::InstallFailed,
         Outcome::ImportFailed,
@@ -76,6 +86,9 @@ impl Outcome {
         Outcome::InputMismatch,
         Outcome::CpuUnsupported,
         Outcome::Cancelled,
+        Outcome::SandboxTampering,
+        Outcome::ResourceExhaustion,
+        Outcome::TaskTimeout,
     ];
 
     /// True for the farm's faults: retried, never counted against the package.
@@ -119,6 +132,9 @@ impl Outcome {
             Outcome::InputMismatch => "input_mismatch",
             Outcome::CpuUnsupported => "cpu_unsupported",
             Outcome::Cancelled => "cancelled",
+            Outcome::SandboxTampering => "sandbox_tampering",
+            Outcome::ResourceExhaustion => "resource_exhaustion",
+            Outcome::TaskTimeout => "task_timeout",
         }
     }
 }
@@ -167,6 +183,13 @@ mod tests {
         }
         assert!(!Outcome::Passed.is_package_fault());
         assert!(!Outcome::Cancelled.is_package_fault());
+        for attack in [
+            Outcome::SandboxTampering,
+            Outcome::ResourceExhaustion,
+            Outcome::TaskTimeout,
+        ] {
+            assert!(attack.is_package_fault(), "{attack}");
+        }
     }
 
     #[test]

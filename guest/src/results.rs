@@ -18,10 +18,11 @@ pub use crate::outcome::Outcome;
 use crate::recipe::TaskKind;
 
 /// Version of the results format written by this build.
-pub const RESULTS_SCHEMA_VERSION: u32 = 2;
+pub const RESULTS_SCHEMA_VERSION: u32 = 3;
 
 /// The oldest results format this reader still accepts: each version since only added
-/// optional fields (2: `platform.cpu`, `tasks[].platform_fault`).
+/// optional fields (2: `platform.cpu`, `tasks[].platform_fault`; 3: `nonce`,
+/// `tasks[].package_fault`, import `console_scripts`, behaviour `exfiltration`).
 pub const OLDEST_READABLE_SCHEMA_VERSION: u32 = 1;
 
 /// The most entries the guest writes into any one list; the rest is counted, not listed.
@@ -47,6 +48,10 @@ pub struct Results {
     pub outcome_detail: String,
     /// Wall-clock seconds the agent ran.
     pub duration_s: f64,
+    /// The run's nonce from `job.json`, which only the agent can read: the host refuses
+    /// results without the one it sent (absent in old results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// The guest platform as the agent saw it.
@@ -133,6 +138,40 @@ pub struct TaskResult {
     /// task fail: e.g. an instruction the guest CPU lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_fault: Option<String>,
+    /// Set when the package attacked the sandbox or exhausted the guest during this
+    /// task: a package fault whatever the task's status says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_fault: Option<PackageFault>,
+}
+
+/// How a package harmed the sandbox during a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageFault {
+    /// What kind of harm.
+    pub kind: PackageFaultKind,
+    /// What the agent saw.
+    pub detail: String,
+}
+
+/// The kinds of harm to the sandbox itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackageFaultKind {
+    /// It went for the results channel, the agent or the power switch.
+    Tampering,
+    /// It hit the process limit, filled the disk or ran out of memory.
+    Exhaustion,
+}
+
+impl PackageFaultKind {
+    /// The outcome a job with this fault ends with.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Self::Tampering => Outcome::SandboxTampering,
+            Self::Exhaustion => Outcome::ResourceExhaustion,
+        }
+    }
 }
 
 /// What a task measured; the key names the task kind.
@@ -199,6 +238,20 @@ pub enum FileChange {
 pub struct ImportMetrics {
     /// One entry per top-level module, sorted by name.
     pub modules: Vec<ModuleImport>,
+    /// Each console script the distribution installs, run with `--help` (traced like
+    /// the imports: a script's code is package code too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub console_scripts: Vec<ConsoleScriptRun>,
+}
+
+/// One console script run with `--help`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleScriptRun {
+    /// Its name in `entry_points.txt`.
+    pub name: String,
+    /// Its exit code (None when a signal or the deadline ended it).
+    pub exit_code: Option<i32>,
 }
 
 /// One module's import.
@@ -268,6 +321,18 @@ fn metrics_of(task: &TaskResult) -> Option<&TaskMetrics> {
 /// the environment is reported as `wrote_outside_environment`, the more precise name.
 pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     let find = |kind: TaskKind| tasks.iter().find(|t| t.name == kind);
+    // Harm to the sandbox outranks everything a task may have measured after it.
+    for kind in [PackageFaultKind::Tampering, PackageFaultKind::Exhaustion] {
+        let fault = tasks.iter().find_map(|t| {
+            t.package_fault
+                .as_ref()
+                .filter(|f| f.kind == kind)
+                .map(|f| (t, f))
+        });
+        if let Some((task, fault)) = fault {
+            return (kind.outcome(), format!("{}: {}", task.name, fault.detail));
+        }
+    }
     let verdict = find(TaskKind::Behaviour)
         .and_then(metrics_of)
         .and_then(|m| match m {
@@ -304,7 +369,7 @@ pub fn decide_outcome(tasks: &[TaskResult]) -> (Outcome, String) {
     }
     if let Some(task) = tasks.iter().find(|t| t.status == TaskStatus::TimedOut) {
         return (
-            Outcome::Deadline,
+            Outcome::TaskTimeout,
             format!("{}: {}", task.name, task.message),
         );
     }

@@ -11,6 +11,7 @@ fn task(name: TaskKind, status: TaskStatus, metrics: Option<TaskMetrics>) -> Tas
         message: format!("{name} message"),
         metrics,
         platform_fault: None,
+        package_fault: None,
     }
 }
 
@@ -20,6 +21,7 @@ fn behaviour(trace: &str) -> TaskMetrics {
         home: "/h".into(),
         environment_roots: vec!["/w".into()],
         initial_cwd: "/w".into(),
+        decoys: Vec::new(),
     };
     observations.read_trace(trace, Phase::Install, &context);
     TaskMetrics::Behaviour(observations.report())
@@ -92,6 +94,7 @@ fn sample() -> Results {
                         ok: false,
                         error: Some("ImportError: y".into()),
                     }],
+                    console_scripts: Vec::new(),
                 })),
             ),
             task(
@@ -136,6 +139,7 @@ fn sample() -> Results {
         outcome: Outcome::HarmfulBehaviour,
         outcome_detail: "why".into(),
         duration_s: 3.0,
+        nonce: Some("n".repeat(32)),
     }
 }
 
@@ -164,7 +168,7 @@ fn outcomes_follow_the_precedence() {
         ),
         (
             vec![passed(Install), task(Tests, TimedOut, None)],
-            Outcome::Deadline,
+            Outcome::TaskTimeout,
         ),
         (
             vec![passed(Install), task(Quality, Error, None)],
@@ -366,7 +370,7 @@ fn results_of_the_previous_schema_version_still_read() {
     )
     .unwrap();
     assert_eq!(read.platform.cpu, None);
-    value["schema_version"] = 3.into();
+    value["schema_version"] = 4.into();
     assert!(matches!(
         parse_results(
             &serde_json::to_vec(&value).unwrap(),

@@ -134,7 +134,8 @@ fn clean_fixture_passes_every_task() {
                 module: "pyti_clean".into(),
                 ok: true,
                 error: None
-            }]
+            }],
+            console_scripts: Vec::new(),
         }))
     );
     assert_clean_behaviour(&run);
@@ -216,11 +217,13 @@ fn import_failure_names_the_module_and_its_error() {
                 error: Some(
                     "RuntimeError: pyti fixture: this module refuses to be imported".into()
                 ),
-            }]
+            }],
+            console_scripts: Vec::new(),
         }))
     );
     assert_clean_behaviour(&run);
-    assert_eq!(behaviour(&run).import_exit_code, Some(0));
+    // The behaviour is the import task's own traced import, which failed.
+    assert_eq!(behaviour(&run).import_exit_code, Some(1));
 }
 
 #[test]
@@ -456,7 +459,9 @@ fn a_hanging_task_times_out_and_the_next_one_still_runs() {
             (TaskKind::Quality, Passed)
         ]
     );
-    assert_eq!(run.results.outcome, Outcome::Deadline);
+    // A task past its own timeout is the package's hang, not the farm's.
+    assert_eq!(run.results.outcome, Outcome::TaskTimeout);
+    assert!(run.results.outcome.is_package_fault());
     assert!(run
         .task(TaskKind::Tests)
         .message

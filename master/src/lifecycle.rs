@@ -23,7 +23,7 @@ pub fn finish(outcome: Outcome, attempt: u32, max_attempts: u32, cancel_requeste
     match outcome {
         Outcome::Passed => Finish::End(JobState::Succeeded),
         farm if farm.is_farm_fault() && attempt < max_attempts => Finish::Retry,
-        Outcome::Deadline => Finish::End(JobState::TimedOut),
+        Outcome::Deadline | Outcome::TaskTimeout => Finish::End(JobState::TimedOut),
         _ => Finish::End(JobState::Failed),
     }
 }
@@ -136,6 +136,18 @@ mod tests {
             Finish::End(JobState::Failed)
         );
         assert_eq!(finish(Outcome::Deadline, 2, 3, false), Finish::Retry);
+        // Attacks on the sandbox are the package's: final on the first attempt.
+        for attack in [
+            Outcome::SandboxTampering,
+            Outcome::ResourceExhaustion,
+            Outcome::TaskTimeout,
+        ] {
+            assert_ne!(finish(attack, 1, 3, false), Finish::Retry, "{attack:?}");
+        }
+        assert_eq!(
+            finish(Outcome::TaskTimeout, 1, 3, false),
+            Finish::End(JobState::TimedOut)
+        );
         assert_eq!(
             finish(Outcome::Deadline, 3, 3, false),
             Finish::End(JobState::TimedOut)

@@ -26,6 +26,9 @@ impl From<Outcome> for proto::Outcome {
             Outcome::InputMismatch => Self::InputMismatch,
             Outcome::CpuUnsupported => Self::CpuUnsupported,
             Outcome::Cancelled => Self::Cancelled,
+            Outcome::SandboxTampering => Self::SandboxTampering,
+            Outcome::ResourceExhaustion => Self::ResourceExhaustion,
+            Outcome::TaskTimeout => Self::TaskTimeout,
         }
     }
 }

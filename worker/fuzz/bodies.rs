@@ -58,6 +58,12 @@ pub fn strace_lines(data: &[u8]) {
         home: "/home/pyti".into(),
         environment_roots: vec!["/opt/pyti/venv".into(), "/tmp/pyti-work".into()],
         initial_cwd: "/tmp/pyti-work".into(),
+        // A planted decoy, so the search for its value is fuzzed too.
+        decoys: vec![pyti_guest::behaviour::Decoy {
+            label: "aws credentials".into(),
+            path: Some("/home/pyti/.aws/credentials".into()),
+            value: "AKIAQWERTYUIOPASDFGH".into(),
+        }],
     };
     let mut observations = Observations::default();
     observations.read_trace(&text, Phase::Install, &context);

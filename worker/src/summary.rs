@@ -64,7 +64,10 @@ pub fn render(title: &str, results: &Results, timings: &[(Stage, std::time::Dura
         "  outcome: {outcome} ({})",
         one_line(&results.outcome_detail, 100)
     );
-    out
+    // Guest text is the package's as much as the agent's: no escape reaches a terminal.
+    out.lines()
+        .map(|line| crate::progress::neutralise(line) + "\n")
+        .collect()
 }
 
 /// True when every task passed or was skipped.
@@ -182,6 +185,27 @@ fn one_line(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_in_guest_text_do_not_reach_the_terminal() {
+        let results: Results = serde_json::from_value(serde_json::json!({
+            "schema_version": 3,
+            "job": {"job_id": "j", "attempt": 1, "project_name": "p", "project_version": "1",
+                    "recipe_identifier": "install", "platform_identifier": "linux-debian",
+                    "platform_variants": []},
+            "platform": {"python_version": "3.11", "kernel": null, "machine": "x86_64",
+                         "image_hash": null, "agent_version": "0"},
+            "inputs": [], "tasks": [], "outcome": "install_failed",
+            "outcome_detail": "install: \u{1b}]0;owned\u{7}\u{1b}[2J", "duration_s": 1.0
+        }))
+        .unwrap();
+        let text = render("p==1", &results, &[]);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}]0;owned"), "{text}");
+    }
 
     #[test]
     fn long_findings_are_cut_on_one_line() {

@@ -37,7 +37,7 @@ impl TaskContext<'_> {
             .cloned()
             .unwrap_or_else(|| sdist.clone());
         let work = self.work("tests");
-        let archive = self.options.io_dir.join(&sdist.path);
+        let archive = self.io(&sdist.path);
         let (root, finished) = env::extract(
             &self.children,
             &self.python,
@@ -58,10 +58,7 @@ impl TaskContext<'_> {
             Ok(venv) => venv,
             Err(output) => return Ok(output),
         };
-        let target = format!(
-            "{}[test,tests,testing]",
-            self.options.io_dir.join(&dist.path).display()
-        );
+        let target = format!("{}[test,tests,testing]", self.io(&dist.path).display());
         let finished = log.run(
             &mut self.pip_install(&venv, &[target, "pytest".to_string()]),
             None,
@@ -82,7 +79,8 @@ impl TaskContext<'_> {
             .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "--junitxml"])
             .arg(&junit)
             .current_dir(&root);
-        let finished = log.run(&mut command, Some(&capture), deadline)?;
+        let phase = crate::behaviour::Phase::Tests;
+        let finished = self.run_traced(phase, &command, Some(&capture), log, deadline)?;
         if finished.timed_out {
             return Ok(TaskOutput::timed_out("the test suite", spec, None));
         }
@@ -132,7 +130,7 @@ impl TaskContext<'_> {
         let Some(source) = self.sdist().or_else(|| self.distribution()).cloned() else {
             return Ok(skipped("no distribution in dist/"));
         };
-        let archive = self.options.io_dir.join(&source.path);
+        let archive = self.io(&source.path);
         let (root, finished) = env::extract(
             &self.children,
             &self.python,

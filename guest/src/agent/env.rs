@@ -41,6 +41,8 @@ pub struct ChildEnvironment {
     pub home: PathBuf,
     /// `TMPDIR`, inside the work directory.
     pub tmp: PathBuf,
+    /// True when children run as the package user in the sandbox (in a VM).
+    pub sandboxed: bool,
 }
 
 impl ChildEnvironment {
@@ -69,7 +71,56 @@ impl ChildEnvironment {
         if let Some(venv) = venv {
             command.env("VIRTUAL_ENV", venv);
         }
+        if self.sandboxed {
+            if let Some(sandbox) = super::sandbox::active() {
+                sandbox.confine(&mut command);
+                command.env("USER", &sandbox.identity.user);
+                command.env("LOGNAME", &sandbox.identity.user);
+                command.envs(sandbox.decoy_environment());
+            }
+        }
         command
+    }
+
+    /// A command of the agent's own (trusted code, root in a VM) with the same fixed
+    /// environment but outside the sandbox.
+    pub fn agent_command(&self, program: impl Into<OsString>) -> Command {
+        let quiet = ChildEnvironment {
+            sandboxed: false,
+            ..self.clone()
+        };
+        quiet.command(program, None)
+    }
+
+    /// Creates `dir` (if missing) and hands it to the package user when sandboxed.
+    pub fn package_dir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        self.own(dir)
+    }
+
+    /// Hands `path` to the package user when sandboxed.
+    pub fn own(&self, path: &Path) -> std::io::Result<()> {
+        match (self.sandboxed, super::sandbox::active()) {
+            (true, Some(sandbox)) => sandbox.own(path),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands the tree under `path` to the package user when sandboxed.
+    pub fn own_tree(&self, path: &Path) -> std::io::Result<()> {
+        self.own(path)?;
+        if !self.sandboxed {
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(path)?.flatten() {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                self.own_tree(&entry.path())?;
+            } else if !kind.is_symlink() {
+                self.own(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -112,7 +163,7 @@ pub fn make_venv(
 ) -> std::io::Result<(Venv, Finished)> {
     let _ = std::fs::remove_dir_all(dest);
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
+        children.package_dir(parent)?;
     }
     let mut command = match template {
         Some(template) => {
@@ -165,12 +216,18 @@ else:
                 t.extract(member, dest, set_attrs=False)
 "#;
     fresh_dir(dest)?;
-    let mut command = children.command(python, None);
+    if let Some(parent) = dest.parent() {
+        children.package_dir(parent)?;
+    }
+    // The agent's own script, reading the archive where only the agent may: the
+    // package's files are handed to the package user afterwards.
+    let mut command = children.agent_command(python);
     command.args(["-c", SCRIPT]).arg(archive).arg(dest);
     let finished = log.run(&mut command, None, deadline)?;
     if !finished.success() {
         return Ok((None, finished));
     }
+    children.own_tree(dest)?;
     let entries: Vec<PathBuf> = std::fs::read_dir(dest)?
         .flatten()
         .map(|entry| entry.path())

@@ -10,6 +10,7 @@ mod checks;
 pub mod env;
 pub mod parse;
 pub mod process;
+pub mod sandbox;
 pub mod snapshot;
 mod tasks;
 mod traps;
@@ -21,6 +22,7 @@ use std::time::Instant;
 use crate::digest::sha256_file;
 use crate::job::{GuestJob, JobIdentity};
 use crate::layout;
+use crate::recipe::TaskKind;
 use crate::results::{
     decide_outcome, GuestPlatform, InputCheck, Outcome, Results, TaskResult, TaskStatus,
     RESULTS_SCHEMA_VERSION,
@@ -43,6 +45,9 @@ pub struct AgentOptions {
     pub snapshot_roots: Vec<PathBuf>,
     /// The strace binary.
     pub strace: PathBuf,
+    /// Run package code in the sandbox (its own user and cgroup, a per-job identity):
+    /// what a VM does; a host run (trusted fixtures only) runs it as the caller.
+    pub sandbox: bool,
 }
 
 impl AgentOptions {
@@ -57,6 +62,7 @@ impl AgentOptions {
             home: std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from),
             snapshot_roots: Vec::new(),
             strace: PathBuf::from("strace"),
+            sandbox: false,
         }
     }
 }
@@ -160,6 +166,7 @@ fn failed_run(
         outcome,
         outcome_detail: detail,
         duration_s: started.elapsed().as_secs_f64(),
+        nonce: job.and_then(|j| j.nonce.clone()),
     }
 }
 
@@ -205,6 +212,7 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
         outcome: Outcome::Passed,
         outcome_detail: String::new(),
         duration_s: 0.0,
+        nonce: job.nonce.clone(),
     };
     if let Some(bad) = results.inputs.iter().find(|input| !input.verified) {
         results.outcome = Outcome::InputMismatch;
@@ -215,13 +223,21 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
         results.duration_s = started.elapsed().as_secs_f64();
         return results;
     }
-    let mut context = tasks::TaskContext::new(options, &job, python);
+    let inputs_root = match enter_sandbox(options, &job) {
+        Ok(root) => root,
+        Err(error) => {
+            let detail = format!("cannot prepare the sandbox for package code: {error}");
+            return failed_run(Some(&job), Outcome::AgentError, detail, started);
+        }
+    };
+    let mut signer = ProgressSigner::new(job.nonce.clone());
+    let mut context = tasks::TaskContext::new(options, &job, python, inputs_root);
     for spec in &job.recipe.tasks {
         let task_started = Instant::now();
         let log_name = layout::task_log(spec.kind.as_str());
         let log_path = layout::results_dir(&options.io_dir).join(&log_name);
         let work_log = options.work_dir.join(format!("{}.log", spec.kind));
-        progress(&format!("task {} started", spec.kind));
+        signer.say(&format!("task {} started", spec.kind));
         let ran = catch_unwind(AssertUnwindSafe(|| context.run_task(spec, &work_log)));
         if work_log.exists() {
             if let Err(error) = copy_capped(&work_log, &log_path, MAX_LOG_BYTES) {
@@ -234,6 +250,7 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
                     message: format!("cannot write {}: {error}", log_path.display()),
                     metrics: None,
                     platform_fault: None,
+                    package_fault: None,
                 });
                 continue;
             }
@@ -254,14 +271,16 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
             message: output.message,
             metrics: output.metrics,
             platform_fault: output.platform_fault,
+            package_fault: output.package_fault,
         });
-        progress(&format!(
+        signer.say(&format!(
             "task {} {} {:.1}s",
             spec.kind,
             output.status.as_str(),
             task_started.elapsed().as_secs_f64()
         ));
     }
+    add_late_phases(&context, &mut results.tasks);
     let (outcome, detail) = decide_outcome(&results.tasks);
     results.outcome = outcome;
     results.outcome_detail = detail;
@@ -269,14 +288,99 @@ fn run_job(options: &AgentOptions, started: Instant) -> Results {
     results
 }
 
+/// Puts the phases traced after the behaviour task (the test suite) into its report,
+/// so what a package does only in its tests gets a verdict too.
+fn add_late_phases(context: &tasks::TaskContext<'_>, tasks: &mut [TaskResult]) {
+    use crate::behaviour::Verdict;
+    use crate::results::TaskMetrics;
+    let Some(analysed) = context.analysed else {
+        return;
+    };
+    if context.traces.len() == analysed {
+        return;
+    }
+    let Some(task) = tasks.iter_mut().find(|t| t.name == TaskKind::Behaviour) else {
+        return;
+    };
+    let Ok((report, summary)) = context.analyse() else {
+        return;
+    };
+    if task.status == TaskStatus::Passed && report.verdict != Verdict::Clean {
+        task.status = TaskStatus::Failed;
+    }
+    if matches!(task.status, TaskStatus::Passed | TaskStatus::Failed) {
+        task.message = summary;
+    }
+    task.metrics = Some(TaskMetrics::Behaviour(report));
+}
+
 /// Prefix of the progress lines the agent writes to stderr (the VM's console), which the
 /// host follows to show each task as it starts and ends.
 pub const PROGRESS_PREFIX: &str = "pyti-guest: ";
 
-/// Writes one progress line: `pyti-guest: task install started`,
-/// `pyti-guest: task install passed 4.2s`.
-fn progress(line: &str) {
-    eprintln!("{PROGRESS_PREFIX}{line}");
+/// Writes the agent's progress lines (`pyti-guest: task install started`,
+/// `pyti-guest: task install passed 4.2s`), each followed by ` ~<seq>:<mac>` when the
+/// job has a nonce: the host believes only lines whose MAC it can check, in order.
+pub struct ProgressSigner {
+    nonce: Option<String>,
+    seq: u64,
+}
+
+impl ProgressSigner {
+    /// A signer for a job with `nonce` (none: lines go unsigned).
+    pub fn new(nonce: Option<String>) -> Self {
+        ProgressSigner { nonce, seq: 0 }
+    }
+
+    /// The next line, signed.
+    pub fn line(&mut self, text: &str) -> String {
+        self.seq += 1;
+        match &self.nonce {
+            Some(nonce) => format!(
+                "{PROGRESS_PREFIX}{text} ~{}:{}",
+                self.seq,
+                crate::digest::progress_mac(nonce, self.seq, text)
+            ),
+            None => format!("{PROGRESS_PREFIX}{text}"),
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        let line = self.line(text);
+        eprintln!("{line}");
+    }
+}
+
+/// In a VM: sets up the sandbox and copies the inputs where package code may read them
+/// (the IO disk is the agent's alone). Returns where the inputs are.
+fn enter_sandbox(options: &AgentOptions, job: &GuestJob) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if !options.sandbox {
+        return Ok(options.io_dir.clone());
+    }
+    let identity = sandbox::Identity::from_seed(&sandbox::random_bytes(16)?);
+    sandbox::Sandbox::install(identity)?;
+    let public = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&options.work_dir, public.clone())?;
+    let root = options.work_dir.join("inputs");
+    for input in &job.inputs {
+        let to = root.join(&input.path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(options.io_dir.join(&input.path), &to)?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
+    }
+    for dir in layout::INPUT_DIRS {
+        let dir = root.join(dir);
+        if dir.is_dir() {
+            std::fs::set_permissions(&dir, public.clone())?;
+        }
+    }
+    if root.is_dir() {
+        std::fs::set_permissions(&root, public)?;
+    }
+    Ok(root)
 }
 
 #[cfg(test)]

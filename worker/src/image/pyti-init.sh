@@ -45,8 +45,11 @@ for word in $(cat /proc/cmdline); do
 done
 
 mkdir -p /io
+chmod 700 /io
 modprobe -qa vfat nls_cp437 nls_utf8 nls_ascii
-if ! mount -t vfat -o rw,noatime,iocharset=utf8 "$io_device" /io; then
+# Root's alone: package code runs as another user and must not read the job's nonce or
+# write results.
+if ! mount -t vfat -o rw,noatime,iocharset=utf8,uid=0,gid=0,umask=077 "$io_device" /io; then
     say "cannot mount the IO disk $io_device"
     power_off
 fi

@@ -119,9 +119,13 @@ fn read_logs(results_dir: &Path, results: &Results) -> Vec<(String, Vec<u8>)> {
         if !path.starts_with(results_dir) || name.contains("..") {
             continue;
         }
-        if let Ok(bytes) = std::fs::read(&path) {
-            let cap = usize::try_from(MAX_LOG_BYTES).unwrap_or(usize::MAX);
-            logs.push((name.to_owned(), bytes.into_iter().take(cap).collect()));
+        // Never more than the cap in memory, however large the file is.
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(&path).and_then(|file| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_LOG_BYTES), &mut bytes)
+        });
+        if read.is_ok() {
+            logs.push((name.to_owned(), bytes));
         }
     }
     logs

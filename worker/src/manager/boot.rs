@@ -120,13 +120,14 @@ impl ConsoleFollower {
         let path = run.paths.console_log.clone();
         let job_id = run.job.job_id.clone();
         let sender = run.clock.progress().clone();
+        let trail = Arc::clone(&run.trail);
         let mut task = JoinSet::new();
         task.spawn({
             let (stop, agent_started) = (stop.clone(), Arc::clone(&agent_started));
             async move {
                 let events = sender.clone();
                 let id = job_id.clone();
-                follow_console(&path, &job_id, sender, stop, move || {
+                follow_console(&path, &job_id, sender, stop, trail, move || {
                     if agent_started.set(Instant::now()).is_ok() {
                         agent_started_events(&events, &id, started.elapsed());
                     }

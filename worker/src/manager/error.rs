@@ -86,6 +86,16 @@ pub enum RunError {
         /// The guest's console log.
         console_log: PathBuf,
     },
+    /// The package attacked the sandbox: the VM went off or the agent ended while
+    /// package code ran, or the results or the console carry what the agent did not
+    /// write. A package fault, never retried.
+    #[error("sandbox tampering: {detail} (guest console: {})", console_log.display())]
+    Tampering {
+        /// What the host saw.
+        detail: String,
+        /// The guest's console log.
+        console_log: PathBuf,
+    },
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -151,6 +161,7 @@ impl RunError {
             ) => Outcome::IndexUnreachable,
             Self::Download(_) => Outcome::ResolutionFailed,
             Self::Deadline { .. } => Outcome::Deadline,
+            Self::Tampering { .. } => Outcome::SandboxTampering,
             Self::Boot(_) | Self::NoAgent { .. } | Self::Image(_) => Outcome::VmBootFailed,
             Self::Disk(_) | Self::Io { .. } => Outcome::DiskError,
             _ => Outcome::AgentError,
@@ -169,5 +180,26 @@ impl RunError {
                 _ => FailureKind::Package,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tampering_is_the_package_s_fault_and_an_agent_failure_the_farm_s() {
+        let console_log = PathBuf::from("console.log");
+        let tampering = RunError::Tampering {
+            detail: "the VM powered off while task install ran package code".into(),
+            console_log: console_log.clone(),
+        };
+        assert_eq!(tampering.outcome(), Outcome::SandboxTampering);
+        assert_eq!(tampering.kind(), FailureKind::Package);
+        let agent = RunError::AgentFailed {
+            record: String::new(),
+            console_log,
+        };
+        assert_eq!(agent.kind(), FailureKind::Farm);
     }
 }

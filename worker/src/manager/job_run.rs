@@ -4,6 +4,7 @@
 //! long parameter list, and every path of the run is computed once, in [`RunPaths`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use pyti_guest::job::{GuestJob, JOB_SCHEMA_VERSION};
 use pyti_guest::layout;
@@ -16,7 +17,7 @@ use super::stage_clock::StageClock;
 use super::{blocking, cancellable, overlay_dir, JobRequest, Manager, Plan, RunError, RunReport};
 use crate::diskhandler::{self, ReadLimits};
 use crate::image::spec::{PYTHON_PATH, VENV_PATH};
-use crate::progress::Stage;
+use crate::progress::{neutralise, AgentTrail, Stage};
 use crate::pypidownload::{self, ResolvedSet, TargetEnv};
 use crate::stateofvm::{SlotLease, SlotState};
 use crate::vms::{Connection, VirtualMachine};
@@ -59,6 +60,11 @@ pub(super) struct JobRun<'a> {
     pub(super) paths: RunPaths,
     pub(super) clock: StageClock,
     pub(super) cancel: CancellationToken,
+    /// This run's secret: in `job.json` (root-only in the guest), back in the results,
+    /// and the key of the agent's signed console lines.
+    pub(super) nonce: String,
+    /// What the agent said of itself on the console, as checked against the nonce.
+    pub(super) trail: Arc<Mutex<AgentTrail>>,
 }
 
 impl<'a> JobRun<'a> {
@@ -72,6 +78,8 @@ impl<'a> JobRun<'a> {
         cancel: CancellationToken,
     ) -> Self {
         let paths = RunPaths::new(&manager.config.root, &job.job_id, lease.name());
+        let nonce = new_nonce();
+        let trail = Arc::new(Mutex::new(AgentTrail::new(Some(nonce.clone()))));
         Self {
             job,
             plan,
@@ -79,6 +87,8 @@ impl<'a> JobRun<'a> {
             paths,
             clock,
             cancel,
+            nonce,
+            trail,
         }
     }
 
@@ -139,6 +149,7 @@ impl<'a> JobRun<'a> {
             image_hash: Some(self.plan.image.manifest.hash.clone()),
             venv_template: Some(VENV_PATH.to_owned()),
             python: Some(PYTHON_PATH.to_owned()),
+            nonce: Some(self.nonce.clone()),
         };
         guest_job.validate()?;
         Ok(guest_job)
@@ -158,12 +169,51 @@ impl<'a> JobRun<'a> {
                 &ReadLimits::default(),
             )
         })
-        .await??;
-        let results = read_results_file(&self.paths.results_dir, &self.paths.console_log)?;
+        .await
+        .map_err(|e| self.tampering_or(e))?
+        .map_err(|e| self.tampering_or(e.into()))?;
+        let results = read_results_file(&self.paths.results_dir, &self.paths.console_log)
+            .map_err(|e| self.tampering_or(e))?;
+        self.check_results(&results)?;
         let results = with_host_metadata(results, resolved);
         self.clock
             .finish(&format!("outcome {}", outcome_name(&results)));
         Ok(results)
+    }
+
+    fn trail(&self) -> AgentTrail {
+        self.trail
+            .lock()
+            .map_or_else(|p| p.into_inner().clone(), |t| t.clone())
+    }
+
+    /// A run that ends without usable results after package code started is the
+    /// package's doing (it powered the VM off, killed the agent, broke the results);
+    /// before that, `error` stays the farm's.
+    fn tampering_or(&self, error: RunError) -> RunError {
+        let trail = self.trail();
+        match trail.running {
+            Some(task) if trail.package_code_ran() => RunError::Tampering {
+                detail: format!(
+                    "the run ended while task {task} ran package code, without usable results ({error})"
+                ),
+                console_log: self.paths.console_log.clone(),
+            },
+            _ => error,
+        }
+    }
+
+    /// Cross-checks what the guest wrote with what only the host and the agent know.
+    fn check_results(&self, results: &Results) -> Result<(), RunError> {
+        let trail = self.trail();
+        let problem = results_problem(results, self.job, &self.nonce, &trail);
+        match problem {
+            Some(detail) => Err(RunError::Tampering {
+                detail,
+                console_log: self.paths.console_log.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Removes what the run made and gives the slot back: released when everything is
@@ -182,6 +232,56 @@ impl<'a> JobRun<'a> {
         settle_lease(self.lease, removed);
         (self.clock.into_timings(), self.paths)
     }
+}
+
+/// A fresh nonce: 16 random bytes as hex.
+fn new_nonce() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // Never without a secret: the clock and the process are a poor but unique one.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes = pyti_guest::digest::sha256_hex(format!("{now:?}{}", std::process::id()).as_bytes())
+            .as_bytes()[..16]
+            .try_into()
+            .unwrap_or_default();
+    }
+    pyti_guest::digest::sha256_hex(&bytes)[..32].to_owned()
+}
+
+/// Why results cannot be the agent's own for this run, if they cannot: another job or
+/// attempt, not this run's nonce, or forged progress lines on the console.
+pub(super) fn results_problem(
+    results: &Results,
+    job: &JobRequest,
+    nonce: &str,
+    trail: &AgentTrail,
+) -> Option<String> {
+    if results.job.job_id != job.job_id || results.job.attempt != job.attempt {
+        return Some(format!(
+            "results.json names job {} attempt {}, not this run's {} attempt {}",
+            neutralise(&results.job.job_id),
+            results.job.attempt,
+            job.job_id,
+            job.attempt
+        ));
+    }
+    if results.nonce.as_deref() != Some(nonce) {
+        return Some(
+            "results.json does not carry this run's nonce: the agent did not write it".into(),
+        );
+    }
+    if trail.forged_count > 0 {
+        return Some(format!(
+            "{} progress line(s) on the console were not the agent's (first: {:?})",
+            trail.forged_count,
+            trail.forged.first().cloned().unwrap_or_default()
+        ));
+    }
+    None
 }
 
 /// Starts from an empty run directory (a retry on this worker reuses the job id).
@@ -302,6 +402,55 @@ mod tests {
         let vm = VirtualMachine::define(connection, &config).await.unwrap();
         vm.start().await.unwrap();
         vm
+    }
+
+    fn results_of(job_id: &str, attempt: u32, nonce: Option<&str>) -> Results {
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 3,
+            "job": {"job_id": job_id, "attempt": attempt, "project_name": "p",
+                    "project_version": "1", "recipe_identifier": "install",
+                    "platform_identifier": "linux-debian", "platform_variants": []},
+            "platform": {"python_version": "3.11", "kernel": null, "machine": "x86_64",
+                         "image_hash": null, "agent_version": "0"},
+            "inputs": [], "tasks": [], "outcome": "passed",
+            "outcome_detail": "", "duration_s": 1.0, "nonce": nonce
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn results_must_be_this_run_s_with_its_nonce_and_a_clean_console() {
+        let job = JobRequest {
+            job_id: "job-7".into(),
+            attempt: 2,
+            spec: pyti::model::JobSpec {
+                project_name: "p".into(),
+                project_version: "1".into(),
+                recipe_identifier: "install".into(),
+                platform_identifier: "linux-debian".into(),
+                platform_variants: Vec::new(),
+            },
+            local_distribution: None,
+        };
+        let nonce = new_nonce();
+        assert_eq!(nonce.len(), 32);
+        assert_ne!(nonce, new_nonce());
+        let trail = AgentTrail::new(Some(nonce.clone()));
+        let genuine = results_of("job-7", 2, Some(&nonce));
+        assert_eq!(results_problem(&genuine, &job, &nonce, &trail), None);
+        for (forged, says) in [
+            (results_of("job-7", 2, None), "nonce"),
+            (results_of("job-7", 2, Some("guessed")), "nonce"),
+            (results_of("job-7", 1, Some(&nonce)), "attempt 1"),
+            (results_of("other", 2, Some(&nonce)), "job other"),
+        ] {
+            let problem = results_problem(&forged, &job, &nonce, &trail).unwrap();
+            assert!(problem.contains(says), "{problem}");
+        }
+        let mut noisy = trail.clone();
+        noisy.check("pyti-guest: task install passed 1.0s");
+        let problem = results_problem(&genuine, &job, &nonce, &noisy).unwrap();
+        assert!(problem.contains("not the agent's"), "{problem}");
     }
 
     #[tokio::test]

@@ -21,8 +21,20 @@ pub(super) fn read_results_file(
     console_log: &Path,
 ) -> Result<Results, RunError> {
     let path = results_dir.join(layout::RESULTS_FILE);
+    let limits = ResultsLimits::default();
+    // Size first: an oversized file is refused without being read into memory.
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+        if size > limits.max_bytes {
+            return Err(pyti_guest::results::ResultsError::TooLarge {
+                size,
+                limit: limits.max_bytes,
+            }
+            .into());
+        }
+    }
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(parse_results(&bytes, &ResultsLimits::default())?),
+        Ok(bytes) => Ok(parse_results(&bytes, &limits)?),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let record_path = results_dir.join(layout::AGENT_ERROR_FILE);
             let record = match std::fs::read_to_string(&record_path) {
@@ -61,6 +73,7 @@ pub fn with_host_metadata(mut results: Results, resolved: &ResolvedSet) -> Resul
         message,
         metrics: Some(TaskMetrics::Metadata(metrics)),
         platform_fault: None,
+        package_fault: None,
     };
     match results
         .tasks
