@@ -33,6 +33,7 @@ fn message(n: usize) -> Vec<u8> {
         attempt: 1,
         submitted_at: Some(pyti::grpc::now_timestamp()),
         reason: "submitted".into(),
+        ..Default::default()
     }
     .encode_to_vec()
 }

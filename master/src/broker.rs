@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection to RabbitMQ right now.
-    #[error("RabbitMQ at {url} is unreachable: {message}")]
+    #[error("RabbitMQ at {} is unreachable: {message}", pyti::redact::url(url))]
     Unavailable { url: String, message: String },
     /// RabbitMQ refused an operation.
     #[error("RabbitMQ: {action}: {source}")]
@@ -184,7 +184,7 @@ impl Broker {
             match self.connect(generation).await {
                 Ok((session, lost)) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!(generation, url = %self.url, "Connected to RabbitMQ");
+                    tracing::info!(generation, url = %pyti::redact::url(&self.url), "Connected to RabbitMQ");
                     let session = Arc::new(session);
                     sender.send_replace(Some(Arc::clone(&session)));
                     let mut poll = tokio::time::interval(Duration::from_millis(500));

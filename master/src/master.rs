@@ -45,6 +45,8 @@ pub struct Settings {
     /// must not change while the farm's queues exist: it is a constant, not derived
     /// from the lease.
     pub worker_queue_ttl: Duration,
+    /// The master's farm identity: it serves with it and presents it to workers.
+    pub tls: Option<pyti::trust::TlsFiles>,
 }
 
 /// Default of [`Settings::worker_queue_ttl`].
@@ -62,6 +64,7 @@ impl Settings {
             index_url: config.index_url.clone(),
             reap_interval: (lease / 4).max(Duration::from_millis(250)),
             worker_queue_ttl: WORKER_QUEUE_TTL,
+            tls: config.tls.clone(),
         }
     }
 }
@@ -112,7 +115,7 @@ impl Master {
             broker.clone(),
             signals.clone(),
             runtime.clone(),
-            settings.lease,
+            (settings.lease, settings.tls.clone()),
         ));
         let jobs = Arc::new(Jobs::new(
             Arc::clone(&store),

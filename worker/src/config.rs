@@ -23,7 +23,7 @@ use pyti::model::names;
 use crate::error::Result;
 use crate::vms::AcceleratorChoice;
 
-const CONFIG_KEYS: [&str; 10] = [
+const CONFIG_KEYS: [&str; 11] = [
     "pyti_slave_root",
     "total_vms",
     "worker_id",
@@ -34,7 +34,10 @@ const CONFIG_KEYS: [&str; 10] = [
     "advertise",
     "index_url",
     "log_format",
+    "insecure",
 ];
+
+const TLS_KEYS: [&str; 3] = ["cert", "key", "ca"];
 
 const PLATFORM_KEYS: [&str; 9] = [
     "hypervisor",
@@ -74,6 +77,12 @@ pub struct WorkerConfig {
     pub log_json: bool,
     /// One entry per `[platform NAME]` section. Default: one `linux-debian` platform.
     pub platforms: Vec<PlatformConfig>,
+    /// `[tls]`: this worker's certificate and key (`pyti ca issue DIR worker ID`) and
+    /// the farm CA. With it, WorkerControl answers only the master, and the worker
+    /// talks to the master over mutual TLS.
+    pub tls: Option<pyti::trust::TlsFiles>,
+    /// Serve a non-loopback `listen` without TLS anyway (loudly). Default: false.
+    pub insecure: bool,
 }
 
 /// How VMs are made for one platform.
@@ -126,7 +135,7 @@ impl WorkerConfig {
 
     /// Builds the configuration from a parsed file and an environment lookup.
     pub fn from_ini(file: &IniFile, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        file.check_sections(&["config"], &["platform"])?;
+        file.check_sections(&["config", "tls"], &["platform"])?;
         file.check_keys("config", &CONFIG_KEYS)?;
         let c = "config";
         let root = env("PYTI_SLAVE_ROOT")
@@ -159,6 +168,13 @@ impl WorkerConfig {
             .get(c, "advertise")
             .map_or_else(|| format!("http://{listen}"), str::to_owned);
         let log_json = file.log_json(c)?;
+        file.check_keys("tls", &TLS_KEYS)?;
+        let tls = pyti::config::tls_files(file, "tls")?;
+        if tls.is_some() {
+            // The master checks the worker's certificate names this id.
+            pyti::trust::check_name(&worker_id).map_err(|m| file.value_error(c, "worker_id", m))?;
+        }
+        let insecure = file.get_bool(c, "insecure")?.unwrap_or(false);
         let mut platforms = Vec::new();
         let names = file.sections_named("platform");
         // Platforms that do not say share the host's VMs evenly.
@@ -206,6 +222,8 @@ impl WorkerConfig {
                 .to_owned(),
             log_json,
             platforms,
+            tls,
+            insecure,
         })
     }
 }

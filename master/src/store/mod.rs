@@ -239,6 +239,25 @@ pub struct WorkerRow {
     pub last_seen_ms: Millis,
 }
 
+/// A client bearer token: only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    /// Public id, part of the token.
+    pub token_id: String,
+    /// Who it is for (unique).
+    pub name: String,
+    /// `read`, `submit` or `admin`.
+    pub role: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    /// When it was made.
+    pub created_at_ms: Millis,
+    /// When it stops working, if ever.
+    pub expires_at_ms: Option<Millis>,
+    /// When it was revoked.
+    pub revoked_at_ms: Option<Millis>,
+}
+
 /// The master's storage.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -277,4 +296,12 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_worker(&self, worker: &WorkerRow) -> StoreResult<()>;
     /// Every registered worker.
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
+    /// Adds a token; `false` when one with its name exists.
+    async fn insert_token(&self, token: &TokenRow) -> StoreResult<bool>;
+    /// The token with this id.
+    async fn token(&self, token_id: &str) -> StoreResult<Option<TokenRow>>;
+    /// Every token, by name.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
+    /// Revokes the token named `name` at `at_ms`; `false` when there is none.
+    async fn revoke_token(&self, name: &str, at_ms: Millis) -> StoreResult<bool>;
 }

@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use super::{
     AttemptResults, HistoryRow, JobFilter, JobRow, Millis, Store, StoreError, StoreOutcome,
-    StoreResult, TaskRow, Transition, WorkerRow,
+    StoreResult, TaskRow, TokenRow, Transition, WorkerRow,
 };
 use schema::{
     attempt_of, filter_clause, live_states_list, outcome_of, state_of, status_of, JOB_COLUMNS,
@@ -48,7 +48,7 @@ pub async fn open(database: &str) -> StoreResult<Arc<dyn Store>> {
 /// The error for `database` failing with `source`.
 fn database_error(database: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |source| StoreError::Database {
-        database: database.to_owned(),
+        database: pyti::redact::url(database),
         source,
     }
 }
@@ -67,7 +67,9 @@ impl SqliteStore {
             .filename(file)
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            // FULL: the worker deletes its spool once "stored" is answered, so a commit
+            // must survive a power loss, not only a crash of the master.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
         let pool = sqlx::pool::PoolOptions::new()
             .max_connections(4)
@@ -109,7 +111,7 @@ macro_rules! sql_store {
                     .map_err(database_error(database))?;
                 Ok(Self {
                     pool,
-                    name: database.into(),
+                    name: pyti::redact::url(database).into(),
                 })
             }
 
@@ -446,9 +448,77 @@ macro_rules! sql_store {
                     })
                     .collect()
             }
+
+            async fn insert_token(&self, token: &TokenRow) -> StoreResult<bool> {
+                let inserted = sqlx::query(
+                    "INSERT INTO tokens (token_id, name, role, secret_hash, created_at_ms, \
+                     expires_at_ms, revoked_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&token.token_id)
+                .bind(&token.name)
+                .bind(&token.role)
+                .bind(&token.secret_hash)
+                .bind(token.created_at_ms)
+                .bind(token.expires_at_ms)
+                .bind(token.revoked_at_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?
+                .rows_affected();
+                Ok(inserted == 1)
+            }
+
+            async fn token(&self, token_id: &str) -> StoreResult<Option<TokenRow>> {
+                let rows = self.token_rows("WHERE token_id = $1", Some(token_id)).await?;
+                Ok(rows.into_iter().next())
+            }
+
+            async fn tokens(&self) -> StoreResult<Vec<TokenRow>> {
+                self.token_rows("", None).await
+            }
+
+            async fn revoke_token(&self, name: &str, at_ms: Millis) -> StoreResult<bool> {
+                let changed = sqlx::query(
+                    "UPDATE tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL",
+                )
+                .bind(at_ms)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?
+                .rows_affected();
+                Ok(changed > 0)
+            }
         }
 
         impl $store {
+            async fn token_rows(&self, clause: &str, id: Option<&str>) -> StoreResult<Vec<TokenRow>> {
+                let sql = format!(
+                    "SELECT token_id, name, role, secret_hash, created_at_ms, expires_at_ms, \
+                     revoked_at_ms FROM tokens {clause} ORDER BY name"
+                );
+                let mut query = sqlx::query(&sql);
+                if let Some(id) = id {
+                    query = query.bind(id);
+                }
+                let rows = query.fetch_all(&self.pool).await.map_err(|e| self.fail(e))?;
+                let f = |e| self.fail(e);
+                rows.iter()
+                    .map(|r| {
+                        Ok(TokenRow {
+                            token_id: r.try_get("token_id").map_err(f)?,
+                            name: r.try_get("name").map_err(f)?,
+                            role: r.try_get("role").map_err(f)?,
+                            secret_hash: r.try_get("secret_hash").map_err(f)?,
+                            created_at_ms: r.try_get("created_at_ms").map_err(f)?,
+                            expires_at_ms: r.try_get("expires_at_ms").map_err(f)?,
+                            revoked_at_ms: r.try_get("revoked_at_ms").map_err(f)?,
+                        })
+                    })
+                    .collect()
+            }
+
             /// Adds the task results and logs of `results` in `tx`.
             async fn insert_tasks_and_logs(
                 &self,

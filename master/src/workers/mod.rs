@@ -58,16 +58,19 @@ pub struct Workers {
     signals: DispatchSignals,
     runtime: Runtime,
     renew_every: Duration,
+    /// The master's identity, presented to workers' control planes.
+    tls: Option<pyti::trust::TlsFiles>,
 }
 
 impl Workers {
-    /// An empty registry; workers lease jobs for `lease`.
+    /// An empty registry; workers lease jobs for `lease`; the master calls them with
+    /// `tls` when given.
     pub(crate) fn new(
         store: Arc<dyn Store>,
         broker: Broker,
         signals: DispatchSignals,
         runtime: Runtime,
-        lease: Duration,
+        (lease, tls): (Duration, Option<pyti::trust::TlsFiles>),
     ) -> Self {
         Self {
             table: Mutex::new(CapacityTable::default()),
@@ -77,6 +80,7 @@ impl Workers {
             signals,
             runtime,
             renew_every: (lease / 3).max(Duration::from_secs(1)),
+            tls,
         }
     }
 
@@ -239,7 +243,7 @@ impl Workers {
             .get(worker_id)
             .map(|w| w.control_address.clone())
             .ok_or_else(|| Error::WorkerNotFound(worker_id.to_owned()))?;
-        Control::connect(worker_id, &address).await
+        Control::connect(worker_id, &address, self.tls.as_ref()).await
     }
 
     /// Asks a worker to drain through its control plane; its capacity as it answered.

@@ -298,11 +298,25 @@ impl MasterLink {
             worker_id: self.worker_id().to_owned(),
             job_id: job.job_id.clone(),
             attempt: job.attempt,
+            lease_id: job.lease_id.clone(),
         };
         for wait_ms in [0, 200, 500, 1000, 2000] {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             match self.registry.clone().start_job(request.clone()).await {
                 Ok(answer) => return Some(answer.into_inner()),
+                // The master refuses this attempt here for good: do not run it.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    return Some(proto::StartJobResponse {
+                        proceed: false,
+                        reason: status.message().to_owned(),
+                        lease_deadline: None,
+                    })
+                }
                 Err(status) => {
                     tracing::warn!(job_id = %job.job_id, error = %status.message(), "StartJob failed")
                 }

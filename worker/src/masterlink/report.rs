@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::consume::MasterLink;
 use super::{spool, AttemptReport};
 
-/// Log chunks stay well under gRPC's default 4 MiB message limit.
+/// Log chunks and pieces of the results dict stay well under the message limit
+/// ([`pyti::grpc::MAX_DECODE_BYTES`]).
 const LOG_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The `ReportResults` stream for one attempt.
@@ -31,6 +32,7 @@ pub fn results_messages(
         image_hash: report.image_hash,
         python_version: report.python_version,
         resolved_version: report.resolved_version,
+        lease_id: String::new(),
     }))];
     for mut task in report.tasks {
         task.job_id = job_id.to_owned();
@@ -50,9 +52,13 @@ pub fn results_messages(
             offset += chunk.len();
         }
     }
+    // The results dict may be larger than a message may be: it goes in pieces.
+    for piece in report.results_json.as_bytes().chunks(LOG_CHUNK_BYTES) {
+        messages.push(wrap(M::ResultsJsonChunk(piece.to_vec())));
+    }
     messages.push(wrap(M::Final(proto::FinalRecord {
         outcome: report.outcome as i32,
-        results_json: report.results_json,
+        results_json: String::new(),
         error: report.error,
     })));
     messages
@@ -72,6 +78,7 @@ impl MasterLink {
             worker_id: self.worker_id().to_owned(),
             job_id: job_id.clone(),
             attempt,
+            lease_id: String::new(),
         };
         loop {
             tokio::select! {
@@ -85,6 +92,16 @@ impl MasterLink {
                     return;
                 }
                 Ok(_) => {}
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    tracing::warn!(%job_id, error = %status.message(), "The master says this attempt is not ours: stopping it");
+                    cancel.cancel();
+                    return;
+                }
                 Err(status) => {
                     tracing::warn!(%job_id, error = %status.message(), "Lease renewal failed; retrying")
                 }
@@ -162,9 +179,25 @@ impl MasterLink {
                 Ok(_) => {
                     tracing::warn!(path = %path.display(), "The master did not store the results; retrying")
                 }
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    // An attempt the job has left behind: the master will never take it.
+                    tracing::warn!(path = %path.display(), error = %status.message(), "Stale results dropped from the spool");
+                    let remove_path = path.clone();
+                    if let Ok(Err(error)) =
+                        tokio::task::spawn_blocking(move || spool::remove(&remove_path)).await
+                    {
+                        tracing::warn!(%error, "Stale results could not be removed from the spool");
+                    }
+                    return;
+                }
                 Err(status)
-                    if status.code() == tonic::Code::InvalidArgument
-                        || status.code() == tonic::Code::NotFound =>
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::NotFound
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::ResourceExhausted
+                    ) =>
                 {
                     tracing::error!(path = %path.display(), error = %status.message(), "The master refuses these results; left in the spool");
                     return;
@@ -212,12 +245,16 @@ mod tests {
                     assert!(c.offset == 0 || c.offset == LOG_CHUNK_BYTES as u64);
                     "log"
                 }
+                M::ResultsJsonChunk(piece) => {
+                    assert_eq!(piece, b"{}");
+                    "json"
+                }
                 M::Final(f) => {
                     assert_eq!(f.outcome(), Outcome::Passed);
                     "final"
                 }
             })
             .collect();
-        assert_eq!(kinds, ["header", "task", "log", "log", "final"]);
+        assert_eq!(kinds, ["header", "task", "log", "log", "json", "final"]);
     }
 }

@@ -70,6 +70,15 @@ CREATE TABLE IF NOT EXISTS workers (
     registered_at_ms BIGINT NOT NULL,
     last_seen_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT,
+    revoked_at_ms BIGINT
+);
 ";
 
 pub(super) const JOB_COLUMNS: &str = "job_id, project_name, project_version, recipe_identifier, \

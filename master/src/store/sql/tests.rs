@@ -212,6 +212,38 @@ async fn exercise(store: Arc<dyn Store>) {
         (w.capacity.clone(), w.registered_at_ms, w.last_seen_ms),
         (vec![4], 1, 9)
     );
+
+    let token = TokenRow {
+        token_id: format!("{prefix}-t"),
+        name: format!("{prefix}-ci"),
+        role: "submit".into(),
+        secret_hash: "ab".repeat(32),
+        created_at_ms: 1,
+        expires_at_ms: Some(100),
+        revoked_at_ms: None,
+    };
+    assert!(store.insert_token(&token).await.unwrap());
+    let twin = TokenRow {
+        token_id: format!("{prefix}-t2"),
+        ..token.clone()
+    };
+    assert!(
+        !store.insert_token(&twin).await.unwrap(),
+        "names are unique"
+    );
+    assert_eq!(
+        store.token(&token.token_id).await.unwrap(),
+        Some(token.clone())
+    );
+    assert!(store.revoke_token(&token.name, 7).await.unwrap());
+    assert!(
+        !store.revoke_token(&token.name, 8).await.unwrap(),
+        "revoked once"
+    );
+    let listed = store.tokens().await.unwrap();
+    let t = listed.iter().find(|t| t.name == token.name).unwrap();
+    assert_eq!(t.revoked_at_ms, Some(7));
+    assert_eq!(store.token("nothing").await.unwrap(), None);
 }
 
 #[tokio::test]
