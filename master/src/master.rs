@@ -47,7 +47,13 @@ pub struct Settings {
     pub worker_queue_ttl: Duration,
     /// The master's farm identity: it serves with it and presents it to workers.
     pub tls: Option<pyti::trust::TlsFiles>,
+    /// A registered worker that neither registers again nor reports capacity for this
+    /// long, and holds no job, is forgotten and its (empty) queue deleted.
+    pub worker_expiry: Duration,
 }
+
+/// Default of [`Settings::worker_expiry`].
+pub const WORKER_EXPIRY: Duration = Duration::from_secs(600);
 
 /// Default of [`Settings::worker_queue_ttl`].
 pub const WORKER_QUEUE_TTL: Duration = Duration::from_secs(300);
@@ -65,6 +71,7 @@ impl Settings {
             reap_interval: (lease / 4).max(Duration::from_millis(250)),
             worker_queue_ttl: WORKER_QUEUE_TTL,
             tls: config.tls.clone(),
+            worker_expiry: WORKER_EXPIRY,
         }
     }
 }
@@ -137,6 +144,9 @@ impl Master {
         );
         Arc::new(dispatch).start();
         runtime.spawn(Arc::clone(&jobs).reap_leases());
+        runtime.spawn(
+            Arc::clone(&workers).expire_silent(settings.worker_expiry, settings.reap_interval),
+        );
         Ok(Arc::new(Self {
             workers,
             jobs,

@@ -61,7 +61,28 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
+        let caller = principal(&request);
         let submission = convert::submission(request.into_inner())?;
+        let admin = matches!(
+            caller,
+            Principal::Open
+                | Principal::Client {
+                    role: pyti::trust::Role::Admin,
+                    ..
+                }
+        );
+        let platform = &submission.spec.platform_identifier;
+        // Queueing anyway declares a queue for the platform: for a platform no worker
+        // ever offered, only an admin may make one.
+        if submission.queue_without_capacity
+            && !admin
+            && !self.master.workers().knows_platform(platform)
+        {
+            return Err(Error::Denied(format!(
+                "no registered worker offers platform {platform}; only an admin may queue a job for it anyway"
+            ))
+            .into());
+        }
         let job = self.master.jobs().submit(submission).await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job: Some(convert::job(&job)),

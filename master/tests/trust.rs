@@ -258,7 +258,15 @@ async fn roles_decide_what_clients_may_do() {
     assert_eq!(refused.code(), Code::PermissionDenied);
 
     let mut submit = farm.jobs_as(&submitter).await;
-    try_submit(&mut submit, spec("mine", "1.0", NOWHERE, &[]), true)
+    // Queueing anyway for a platform no worker offers would declare a queue for it:
+    // admins only.
+    let refused = try_submit(&mut submit, spec("mine", "1.0", NOWHERE, &[]), true)
+        .await
+        .unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, "only an admin");
+    let worker = farm.worker("roles").start().await;
+    wait_connected(&farm.registry().await, &worker.id, Duration::from_secs(20)).await;
+    try_submit(&mut submit, spec("mine", "1.0", PLATFORM, &[]), false)
         .await
         .expect("a submit client submits");
     let refused = farm
@@ -323,7 +331,9 @@ async fn a_revoked_token_stops_working() {
 
     let ci = Credentials::Token(farm.mtls_ca().ca(), made.token.clone());
     let mut jobs = farm.jobs_as(&ci).await;
-    try_submit(&mut jobs, spec("tokened", "1.0", NOWHERE, &[]), true)
+    let worker = farm.worker("tokens").start().await;
+    wait_connected(&farm.registry().await, &worker.id, Duration::from_secs(20)).await;
+    try_submit(&mut jobs, spec("tokened", "1.0", PLATFORM, &[]), false)
         .await
         .expect("a submit token submits");
     let refused = farm
@@ -352,7 +362,7 @@ async fn a_revoked_token_stops_working() {
         .unwrap()
         .into_inner();
     assert!(revoked.revoked);
-    let refused = try_submit(&mut jobs, spec("late", "1.0", NOWHERE, &[]), true)
+    let refused = try_submit(&mut jobs, spec("late", "1.0", PLATFORM, &[]), false)
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
@@ -568,4 +578,138 @@ async fn a_master_on_every_interface_without_tls_refuses_to_start() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("pyti ca init"), "{stderr}");
     assert!(stderr.contains("0.0.0.0"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_registers_with_new_ids_leave_no_hundred_queues() {
+    let farm = TestFarm::builder()
+        .worker_expiry_ms(1_000)
+        .worker_queue_ttl_s(120)
+        .start()
+        .await;
+    let mut registry = farm.registry().await;
+    let ghosts: Vec<String> = (0..100)
+        .map(|n| format!("{}-{n}", pyti_testkit::unique("ghost")))
+        .collect();
+    let broker = farm.master().broker().clone();
+    let queue = |id: &str| broker.topology.worker_queue(id);
+    // The first ghost gets a job in its queue at once: that queue must stay.
+    let holder = &ghosts[0];
+    let job = proto::QueuedJob {
+        job_id: "0190a0a0-0000-7000-8000-00000000abcd".into(),
+        attempt: 1,
+        ..Default::default()
+    };
+    for ghost in &ghosts {
+        registry
+            .register(register(ghost, "http://127.0.0.1:1"))
+            .await
+            .expect("an open farm takes any Register");
+        if ghost == holder {
+            broker
+                .publish(&queue(holder), pyti_master::broker::QueueKind::Worker, &job)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(broker.queue_exists(&queue(&ghosts[99])).await.unwrap());
+    pyti_testkit::wait::wait_until(
+        "the silent workers expired",
+        Duration::from_secs(20),
+        || {
+            let (broker, ghosts) = (broker.clone(), ghosts.clone());
+            async move {
+                for ghost in &ghosts[1..] {
+                    if broker
+                        .queue_exists(&broker.topology.worker_queue(ghost))
+                        .await
+                        .unwrap()
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    assert!(
+        broker.queue_exists(&queue(holder)).await.unwrap(),
+        "a queue with a job in it is never deleted"
+    );
+    let listed = list_workers(&mut registry).await;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|w| w.worker_id.as_str())
+            .collect::<Vec<_>>(),
+        [holder.as_str()]
+    );
+    farm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_never_reaches_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("master.ini");
+    let port = pyti_testkit::net::free_port();
+    let secret = "s3cr3t-Pa55word";
+    std::fs::write(
+        &config,
+        format!(
+            "[config]\npyti_master_root = {root}\nlisten = 127.0.0.1:{port}\ndatabase = postgres://pyti:{secret}@127.0.0.1:1/test\n",
+            root = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pyti-master"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("postgres://pyti:***@127.0.0.1:1/test"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+    let error = pyti_master::store::open(&format!("postgres://pyti:{secret}@127.0.0.1:1/test"))
+        .await
+        .err()
+        .expect("nothing listens on port 1")
+        .to_string();
+    assert!(!error.contains(secret), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_cancel_records_one_history_row() {
+    let farm = TestFarm::start().await;
+    let job = queued_job(&farm, "cancelled").await;
+    let mut link = farm.registry().await;
+    let started = link
+        .start_job(start("runner", &job.job_id, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(started.proceed);
+    let mut jobs = farm.jobs().await;
+    let cancel = proto::CancelJobRequest {
+        job_id: job.job_id.clone(),
+        reason: "enough".into(),
+    };
+    jobs.cancel_job(cancel.clone()).await.unwrap();
+    let once = get_job(&mut jobs, &job.job_id).await.history.len();
+    for _ in 0..3 {
+        jobs.cancel_job(cancel.clone()).await.unwrap();
+    }
+    let after = get_job(&mut jobs, &job.job_id).await;
+    assert_eq!(after.history.len(), once, "{:?}", after.history);
+    assert!(after
+        .history
+        .last()
+        .unwrap()
+        .reason
+        .contains("cancel requested"));
+    farm.finish().await;
 }

@@ -257,6 +257,8 @@ impl Jobs {
                         return Ok(job);
                     }
                 }
+                // Asked before: nothing changes, so nothing is recorded.
+                JobState::Running if job.cancel_requested => return Ok(job),
                 JobState::Running => {
                     let mut flag = Transition::of(
                         &job,

@@ -296,6 +296,8 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_worker(&self, worker: &WorkerRow) -> StoreResult<()>;
     /// Every registered worker.
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
+    /// Forgets a worker (it expired).
+    async fn delete_worker(&self, worker_id: &str) -> StoreResult<()>;
     /// Adds a token; `false` when one with its name exists.
     async fn insert_token(&self, token: &TokenRow) -> StoreResult<bool>;
     /// The token with this id.

@@ -449,6 +449,15 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn delete_worker(&self, worker_id: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM workers WHERE worker_id = $1")
+                    .bind(worker_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(())
+            }
+
             async fn insert_token(&self, token: &TokenRow) -> StoreResult<bool> {
                 let inserted = sqlx::query(
                     "INSERT INTO tokens (token_id, name, role, secret_hash, created_at_ms, \

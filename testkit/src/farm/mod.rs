@@ -61,6 +61,7 @@ pub fn settings(prefix: &str) -> Settings {
         reap_interval: Duration::from_millis(200),
         worker_queue_ttl: Duration::from_secs(5),
         tls: None,
+        worker_expiry: Duration::from_secs(60),
     }
 }
 
@@ -110,6 +111,19 @@ impl FarmBuilder {
     /// master only).
     pub fn reap_interval_ms(mut self, interval_ms: u64) -> Self {
         self.settings.reap_interval = Duration::from_millis(interval_ms);
+        self
+    }
+
+    /// Registered workers silent this long, holding no job, are forgotten and their
+    /// queues deleted (in-process master only).
+    pub fn worker_expiry_ms(mut self, expiry_ms: u64) -> Self {
+        self.settings.worker_expiry = Duration::from_millis(expiry_ms);
+        self
+    }
+
+    /// How long a job may wait in a worker's queue before it goes back, in seconds.
+    pub fn worker_queue_ttl_s(mut self, ttl_s: u64) -> Self {
+        self.settings.worker_queue_ttl = Duration::from_secs(ttl_s);
         self
     }
 

@@ -213,6 +213,14 @@ async fn exercise(store: Arc<dyn Store>) {
         (vec![4], 1, 9)
     );
 
+    store.delete_worker(&worker.worker_id).await.unwrap();
+    assert!(!store
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|w| w.worker_id == worker.worker_id));
+
     let token = TokenRow {
         token_id: format!("{prefix}-t"),
         name: format!("{prefix}-ci"),
