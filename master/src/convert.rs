@@ -161,6 +161,7 @@ pub fn start_key(request: &proto::StartJobRequest) -> LeaseKey {
         worker_id: request.worker_id.clone(),
         job_id: request.job_id.clone(),
         attempt: request.attempt,
+        lease_id: request.lease_id.clone(),
     }
 }
 
@@ -170,6 +171,7 @@ pub fn renew_key(request: &proto::RenewLeaseRequest) -> LeaseKey {
         worker_id: request.worker_id.clone(),
         job_id: request.job_id.clone(),
         attempt: request.attempt,
+        lease_id: request.lease_id.clone(),
     }
 }
 
@@ -415,7 +417,7 @@ pub fn queued(job: &JobRow, reason: &str) -> proto::QueuedJob {
         attempt: job.attempt,
         submitted_at: Some(timestamp(job.submitted_at_ms)),
         reason: reason.to_owned(),
-        lease_id: String::new(),
+        lease_id: job.lease_id.clone(),
     }
 }
 
@@ -484,6 +486,7 @@ mod tests {
             updated_at_ms: 0,
             lease_deadline_ms: None,
             cancel_requested: false,
+            lease_id: String::new(),
             history: vec![],
         };
         let message = queued(&row, "why").encode_to_vec();

@@ -202,6 +202,7 @@ impl WorkerRegistry for MasterService {
             worker_id,
             job_id: header.job_id.clone(),
             attempt: header.attempt,
+            lease_id: header.lease_id.clone(),
         };
         self.master.jobs().check_holder(&key, false).await?;
         let report = convert::gather_results(header, stream).await?;

@@ -26,7 +26,10 @@ async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm_over_mtls() {
 }
 
 async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm_in(mtls: bool) {
-    let farm = TestFarm::builder().lease_s(60).max_attempts(2).mtls_if(mtls);
+    let farm = TestFarm::builder()
+        .lease_s(60)
+        .max_attempts(2)
+        .mtls_if(mtls);
     let farm = farm.start().await;
 
     let agent = tokio::task::spawn_blocking(vm::static_agent).await.unwrap();

@@ -40,6 +40,7 @@ async fn started_job(master: &Master) -> LeaseKey {
         worker_id: "w1".into(),
         job_id: job.job_id,
         attempt: 1,
+        lease_id: String::new(),
     }
 }
 

@@ -713,3 +713,46 @@ async fn a_repeated_cancel_records_one_history_row() {
         .contains("cancel requested"));
     farm.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_id_of_the_assignment_starts_the_job() {
+    let farm = TestFarm::builder().mtls().start().await;
+    // A worker whose control plane answers but that takes nothing off its queue: the
+    // test is its master link.
+    let worker = farm.worker("lessee").start_control_only().await;
+    let identity = farm.worker_certificate(&worker.id);
+    let mut link = farm.registry_as(&identity).await;
+    let mut registration = register(&worker.id, &worker.control_address);
+    registration.capacity = Some(worker.handle.capacity().advertised());
+    link.register(registration).await.unwrap();
+    let mut jobs = farm.jobs().await;
+    wait_connected(&farm.registry().await, &worker.id, Duration::from_secs(20)).await;
+    let job = try_submit(&mut jobs, spec("leased", "1.0", PLATFORM, &[]), false)
+        .await
+        .unwrap();
+    let store = farm.store().await;
+    let job_id = job.job_id.clone();
+    pyti_testkit::wait::wait_until("the job is assigned", Duration::from_secs(20), || {
+        let (store, job_id) = (Arc::clone(&store), job_id.clone());
+        async move { store.get_job(&job_id).await.unwrap().unwrap().state == JobState::Assigned }
+    })
+    .await;
+    let assigned = store.get_job(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(assigned.lease_id.len(), 32, "{assigned:?}");
+    let mut guess = start(&worker.id, &job.job_id, 1);
+    guess.lease_id = "0".repeat(32);
+    let refused = link.start_job(guess).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(
+        get_job(&mut jobs, &job.job_id).await.state(),
+        JobState::Assigned
+    );
+    let mut held = start(&worker.id, &job.job_id, 1);
+    held.lease_id = assigned.lease_id.clone();
+    assert!(link.start_job(held).await.unwrap().into_inner().proceed);
+    assert_eq!(
+        get_job(&mut jobs, &job.job_id).await.state(),
+        JobState::Running
+    );
+    farm.finish().await;
+}

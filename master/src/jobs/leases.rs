@@ -22,6 +22,8 @@ pub struct LeaseKey {
     pub job_id: String,
     /// The attempt it holds.
     pub attempt: u32,
+    /// The lease id its queue message carried.
+    pub lease_id: String,
 }
 
 /// The answer to a worker that took a job off its queue.
@@ -61,7 +63,11 @@ impl Jobs {
         let unplaced = starting
             && job.worker_id.is_empty()
             && matches!(job.state, JobState::Submitted | JobState::Queued);
-        if key.attempt != job.attempt || !(job.worker_id == key.worker_id || unplaced) {
+        let lease_held = job.lease_id.is_empty() || job.lease_id == key.lease_id;
+        if key.attempt != job.attempt
+            || !(job.worker_id == key.worker_id || unplaced)
+            || !lease_held
+        {
             return Err(Error::Denied(format!(
                 "worker {} does not hold attempt {} of job {} (it is {} on {})",
                 key.worker_id,

@@ -86,6 +86,8 @@ pub struct Jobs {
     settings: Settings,
     events: broadcast::Sender<JobEvent>,
     http: reqwest::Client,
+    /// Open `WatchJob` streams (at most [`watch::MAX_WATCHERS`]).
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Jobs {
@@ -112,6 +114,7 @@ impl Jobs {
             settings: settings.clone(),
             events: broadcast::channel(4096).0,
             http,
+            watchers: Arc::default(),
         })
     }
 
@@ -170,6 +173,7 @@ impl Jobs {
             updated_at_ms: now,
             lease_deadline_ms: None,
             cancel_requested: false,
+            lease_id: String::new(),
             history: Vec::new(),
         };
         self.store.insert_job(&job, "submitted").await?;
@@ -330,6 +334,7 @@ impl Jobs {
             self.runtime.now_ms(),
         );
         assign.worker_id = worker_id.to_owned();
+        assign.lease_id = uuid::Uuid::new_v4().simple().to_string();
         // SubmitJob may be recording QUEUED right now: both are fine to assign from.
         assign.from = vec![JobState::Submitted, JobState::Queued, job.state];
         self.transition(&assign).await
@@ -344,6 +349,7 @@ impl Jobs {
             self.runtime.now_ms(),
         );
         back.worker_id = String::new();
+        back.lease_id = String::new();
         if let Err(error) = self.transition(&back).await {
             tracing::warn!(job_id = %assigned.job_id, %error, "Assignment not undone; a redelivery will redo it");
         }

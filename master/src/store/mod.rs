@@ -82,6 +82,9 @@ pub struct JobRow {
     pub lease_deadline_ms: Option<Millis>,
     /// A user asked to cancel it while it ran.
     pub cancel_requested: bool,
+    /// Random per assignment to a worker: only the holder of the job's queue message
+    /// knows it (empty before the first assignment).
+    pub lease_id: String,
     /// Every transition, oldest first (empty in listings).
     pub history: Vec<HistoryRow>,
 }
@@ -135,6 +138,8 @@ pub struct Transition {
     pub outcome: Outcome,
     /// Cancel flag after the change.
     pub cancel_requested: bool,
+    /// Lease id after the change.
+    pub lease_id: String,
     /// History text.
     pub reason: String,
     /// When.
@@ -154,6 +159,7 @@ impl Transition {
             lease_deadline_ms: job.lease_deadline_ms,
             outcome: job.outcome,
             cancel_requested: job.cancel_requested,
+            lease_id: job.lease_id.clone(),
             reason: reason.into(),
             at_ms,
         }

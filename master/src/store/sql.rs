@@ -15,8 +15,8 @@ use super::{
     StoreResult, TaskRow, TokenRow, Transition, WorkerRow,
 };
 use schema::{
-    attempt_of, filter_clause, live_states_list, outcome_of, state_of, status_of, JOB_COLUMNS,
-    SCHEMA,
+    attempt_of, filter_clause, live_states_list, outcome_of, state_of, status_of, ADDED_COLUMNS,
+    JOB_COLUMNS, SCHEMA,
 };
 
 mod schema;
@@ -109,6 +109,18 @@ macro_rules! sql_store {
                     .execute(&pool)
                     .await
                     .map_err(database_error(database))?;
+                for (table, column) in ADDED_COLUMNS {
+                    let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
+                        .execute(&pool)
+                        .await;
+                    // A store made with the column already has it: both dialects say so.
+                    if let Err(error) = added {
+                        let message = error.to_string();
+                        if !(message.contains("duplicate column") || message.contains("already exists")) {
+                            return Err(database_error(database)(error));
+                        }
+                    }
+                }
                 Ok(Self {
                     pool,
                     name: pyti::redact::url(database).into(),
@@ -151,6 +163,7 @@ macro_rules! sql_store {
                         .try_get::<Option<i64>, _>("lease_deadline_ms")
                         .map_err(|e| self.fail(e))?,
                     cancel_requested: get_i("cancel_requested")? != 0,
+                    lease_id: get_s("lease_id")?,
                     history: Vec::new(),
                     job_id,
                 })
@@ -175,7 +188,7 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
                 sqlx::query(&format!(
                     "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 ))
                 .bind(&job.job_id)
                 .bind(&job.spec.project_name)
@@ -192,6 +205,7 @@ macro_rules! sql_store {
                 .bind(job.updated_at_ms)
                 .bind(job.lease_deadline_ms)
                 .bind(i64::from(job.cancel_requested))
+                .bind(&job.lease_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.fail(e))?;
@@ -588,7 +602,7 @@ macro_rules! sql_store {
                 let sql = format!(
                     "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, \
                      lease_deadline_ms = $4, outcome = $5, cancel_requested = $6, \
-                     updated_at_ms = $7 WHERE job_id = $8 AND state IN ({states}) \
+                     updated_at_ms = $7, lease_id = $10 WHERE job_id = $8 AND state IN ({states}) \
                      {attempt_condition}"
                 );
                 let changed = sqlx::query(&sql)
@@ -601,6 +615,7 @@ macro_rules! sql_store {
                     .bind(t.at_ms)
                     .bind(&t.job_id)
                     .bind(attempt.map(i64::from))
+                    .bind(&t.lease_id)
                     .execute(&mut **tx)
                     .await
                     .map_err(|e| self.fail(e))?

@@ -261,16 +261,17 @@ impl MasterLink {
             self.unused(lease, &job_id);
             return;
         }
-        let renewing = self.tasks.spawn(Arc::clone(&self).renew(
-            job_id.clone(),
-            job.attempt,
-            renew_every,
-            cancel.clone(),
-        ));
-        let attempt = job.attempt;
+        let held = super::report::Held {
+            job_id: job_id.clone(),
+            attempt: job.attempt,
+            lease_id: job.lease_id.clone(),
+        };
+        let renewing =
+            self.tasks
+                .spawn(Arc::clone(&self).renew(held.clone(), renew_every, cancel.clone()));
         let report = executor.run(job, lease, cancel).await;
         renewing.abort();
-        let path = self.spool(&job_id, attempt, report).await;
+        let path = self.spool(&held, report).await;
         self.handle.finish(&job_id);
         if let Some(path) = path {
             self.send_spooled(path).await;

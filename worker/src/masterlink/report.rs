@@ -15,13 +15,21 @@ use super::{spool, AttemptReport};
 /// ([`pyti::grpc::MAX_DECODE_BYTES`]).
 const LOG_CHUNK_BYTES: usize = 256 * 1024;
 
+/// The attempt of a job this worker holds, and the lease id its queue message carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub job_id: String,
+    pub attempt: u32,
+    pub lease_id: String,
+}
+
 /// The `ReportResults` stream for one attempt.
 pub fn results_messages(
     worker_id: &str,
-    job_id: &str,
-    attempt: u32,
+    held: &Held,
     report: AttemptReport,
 ) -> Vec<ResultsMessage> {
+    let (job_id, attempt) = (held.job_id.as_str(), held.attempt);
     let wrap = |message| ResultsMessage {
         message: Some(message),
     };
@@ -32,7 +40,7 @@ pub fn results_messages(
         image_hash: report.image_hash,
         python_version: report.python_version,
         resolved_version: report.resolved_version,
-        lease_id: String::new(),
+        lease_id: held.lease_id.clone(),
     }))];
     for mut task in report.tasks {
         task.job_id = job_id.to_owned();
@@ -69,16 +77,16 @@ impl MasterLink {
     /// when the master says the job was cancelled or no longer runs here.
     pub(super) async fn renew(
         self: Arc<Self>,
-        job_id: String,
-        attempt: u32,
+        held: Held,
         every: Duration,
         cancel: CancellationToken,
     ) {
+        let job_id = held.job_id.clone();
         let request = proto::RenewLeaseRequest {
             worker_id: self.worker_id().to_owned(),
-            job_id: job_id.clone(),
-            attempt,
-            lease_id: String::new(),
+            job_id: held.job_id,
+            attempt: held.attempt,
+            lease_id: held.lease_id,
         };
         loop {
             tokio::select! {
@@ -111,13 +119,9 @@ impl MasterLink {
 
     /// Writes the report to the spool; `None` (logged) if the disk refused, in which
     /// case the results are sent straight from memory once.
-    pub(super) async fn spool(
-        &self,
-        job_id: &str,
-        attempt: u32,
-        report: AttemptReport,
-    ) -> Option<PathBuf> {
-        let messages = results_messages(self.worker_id(), job_id, attempt, report);
+    pub(super) async fn spool(&self, held: &Held, report: AttemptReport) -> Option<PathBuf> {
+        let (job_id, attempt) = (held.job_id.as_str(), held.attempt);
+        let messages = results_messages(self.worker_id(), held, report);
         let dir = self.settings.spool_dir.clone();
         let id = job_id.to_owned();
         let kept = messages.clone();
@@ -232,11 +236,19 @@ mod tests {
             results_json: "{}".into(),
             ..Default::default()
         };
-        let messages = results_messages("w1", "j1", 2, report);
+        let held = Held {
+            job_id: "j1".into(),
+            attempt: 2,
+            lease_id: "l1".into(),
+        };
+        let messages = results_messages("w1", &held, report);
         let kinds: Vec<&str> = messages
             .iter()
             .map(|m| match m.message.as_ref().unwrap() {
-                M::Header(_) => "header",
+                M::Header(h) => {
+                    assert_eq!(h.lease_id, "l1");
+                    "header"
+                }
                 M::TaskResult(t) => {
                     assert_eq!((t.job_id.as_str(), t.attempt), ("j1", 2));
                     "task"

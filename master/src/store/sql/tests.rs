@@ -22,6 +22,7 @@ fn job(id: &str, project: &str) -> JobRow {
         updated_at_ms: 1000,
         lease_deadline_ms: None,
         cancel_requested: false,
+        lease_id: String::new(),
         history: Vec::new(),
     }
 }
