@@ -109,11 +109,21 @@ pub fn results(results: &JobResults) -> proto::JobResults {
 
 /// A job to submit, validated.
 pub fn submission(request: proto::SubmitJobRequest) -> Result<Submission> {
+    if request.idempotency_key.len() > MAX_KEY_BYTES {
+        return Err(Error::BadRequest(format!(
+            "idempotency_key is {} bytes; at most {MAX_KEY_BYTES}",
+            request.idempotency_key.len()
+        )));
+    }
     Ok(Submission {
         spec: JobSpec::try_from(request.spec.unwrap_or_default())?,
         queue_without_capacity: request.queue_without_capacity,
+        idempotency_key: request.idempotency_key,
     })
 }
+
+/// The longest idempotency key a `SubmitJob` may carry.
+pub const MAX_KEY_BYTES: usize = 128;
 
 /// Which jobs a `ListJobs` request asks for.
 pub fn list_query(request: &proto::ListJobsRequest) -> Result<ListQuery> {

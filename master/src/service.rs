@@ -62,7 +62,11 @@ impl JobService for MasterService {
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let caller = principal(&request);
-        let submission = convert::submission(request.into_inner())?;
+        let mut submission = convert::submission(request.into_inner())?;
+        if !submission.idempotency_key.is_empty() {
+            // Keys are the caller's: another caller's key never answers with its job.
+            submission.idempotency_key = format!("{caller}\n{}", submission.idempotency_key);
+        }
         let admin = matches!(
             caller,
             Principal::Open

@@ -33,6 +33,7 @@ async fn started_job(master: &Master) -> LeaseKey {
         .submit(Submission {
             spec,
             queue_without_capacity: true,
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();

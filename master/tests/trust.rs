@@ -264,8 +264,24 @@ async fn roles_decide_what_clients_may_do() {
         .await
         .unwrap_err();
     assert_refused(&refused, Code::PermissionDenied, "only an admin");
-    let worker = farm.worker("roles").start().await;
-    wait_connected(&farm.registry().await, &worker.id, Duration::from_secs(20)).await;
+    // A worker that offers the platform (registered by hand: nothing needs to run).
+    let offering = farm.worker_certificate("offering");
+    let mut registration = register("offering", "http://127.0.0.1:1");
+    registration.capacity = Some(proto::Capacity {
+        worker_id: "offering".into(),
+        platforms: vec![proto::PlatformCapacity {
+            platform: PLATFORM.into(),
+            total: 1,
+            ready: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    farm.registry_as(&offering)
+        .await
+        .register(registration)
+        .await
+        .unwrap();
     try_submit(&mut submit, spec("mine", "1.0", PLATFORM, &[]), false)
         .await
         .expect("a submit client submits");
@@ -754,5 +770,67 @@ async fn only_the_lease_id_of_the_assignment_starts_the_job() {
         get_job(&mut jobs, &job.job_id).await.state(),
         JobState::Running
     );
+    farm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submit_with_its_key_makes_one_job() {
+    let farm = TestFarm::builder().mtls().start().await;
+    let mut jobs = farm.jobs().await;
+    let request = |key: &str| proto::SubmitJobRequest {
+        spec: Some(spec("once", "1.0", NOWHERE, &[])),
+        queue_without_capacity: true,
+        idempotency_key: key.to_owned(),
+    };
+    let first = jobs
+        .submit_job(request("k-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let again = jobs
+        .submit_job(request("k-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(first.job_id, again.job_id);
+    let other = jobs
+        .submit_job(request("k-2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_ne!(first.job_id, other.job_id);
+    // Another caller's same key is its own.
+    let stranger = farm.client_certificate("stranger", Role::Admin);
+    let theirs = farm
+        .jobs_as(&stranger)
+        .await
+        .submit_job(request("k-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_ne!(first.job_id, theirs.job_id);
+    let listed = jobs
+        .list_jobs(proto::ListJobsRequest {
+            project_name: "once".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let refused = jobs
+        .submit_job(request(&"k".repeat(129)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
     farm.finish().await;
 }

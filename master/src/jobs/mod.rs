@@ -41,6 +41,9 @@ pub struct Submission {
     pub spec: JobSpec,
     /// Queue it even when no registered worker offers its platform.
     pub queue_without_capacity: bool,
+    /// A retried submission with the same key (scoped by the caller) gets the job
+    /// the first one made; empty: none.
+    pub idempotency_key: String,
 }
 
 /// Which jobs `list` returns, one page at a time.
@@ -150,6 +153,7 @@ impl Jobs {
         let Submission {
             spec,
             queue_without_capacity,
+            idempotency_key,
         } = submission;
         if !queue_without_capacity {
             self.workers.check_offered(&spec)?;
@@ -176,7 +180,16 @@ impl Jobs {
             lease_id: String::new(),
             history: Vec::new(),
         };
-        self.store.insert_job(&job, "submitted").await?;
+        if idempotency_key.is_empty() {
+            self.store.insert_job(&job, "submitted").await?;
+        } else if let Some(existing) = self
+            .store
+            .insert_job_once(&job, "submitted", &idempotency_key)
+            .await?
+        {
+            // A retry of a submission that made its job already.
+            return self.job(&existing).await;
+        }
         self.announce(JobEvent::Job(job.clone()));
         if let Err(error) = self.publish_to_platform(&job, "submitted").await {
             let failed = Transition::of(

@@ -269,6 +269,14 @@ pub struct TokenRow {
 pub trait Store: Send + Sync + 'static {
     /// Adds a new job (history gets its first entry with `reason`).
     async fn insert_job(&self, job: &JobRow, reason: &str) -> StoreResult<()>;
+    /// Adds a new job under the idempotency key `key`, atomically; when a job was
+    /// added under `key` before, adds nothing and returns that job's id.
+    async fn insert_job_once(
+        &self,
+        job: &JobRow,
+        reason: &str,
+        key: &str,
+    ) -> StoreResult<Option<String>>;
     /// A job with its history.
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<JobRow>>;
     /// Jobs matching `filter`, newest first, without history.

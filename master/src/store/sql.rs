@@ -183,35 +183,43 @@ macro_rules! sql_store {
         #[tonic::async_trait]
         impl Store for $store {
             async fn insert_job(&self, job: &JobRow, reason: &str) -> StoreResult<()> {
-                let variants = serde_json::to_string(&job.spec.platform_variants)
-                    .expect("a list of strings serialises");
                 let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
-                sqlx::query(&format!(
-                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-                ))
+                self.insert_job_in(&mut tx, job, reason).await?;
+                tx.commit().await.map_err(|e| self.fail(e))
+            }
+
+            async fn insert_job_once(
+                &self,
+                job: &JobRow,
+                reason: &str,
+                key: &str,
+            ) -> StoreResult<Option<String>> {
+                let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
+                let claimed = sqlx::query(
+                    "INSERT INTO submit_keys (submit_key, job_id) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(key)
                 .bind(&job.job_id)
-                .bind(&job.spec.project_name)
-                .bind(&job.spec.project_version)
-                .bind(&job.spec.recipe_identifier)
-                .bind(&job.spec.platform_identifier)
-                .bind(variants)
-                .bind(&job.resolved_version)
-                .bind(job.state as i64)
-                .bind(i64::from(job.attempt))
-                .bind(&job.worker_id)
-                .bind(job.outcome as i64)
-                .bind(job.submitted_at_ms)
-                .bind(job.updated_at_ms)
-                .bind(job.lease_deadline_ms)
-                .bind(i64::from(job.cancel_requested))
-                .bind(&job.lease_id)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.fail(e))?;
-                let first = Transition::of(job, job.state, reason, job.submitted_at_ms);
-                self.record_history(&mut tx, &first).await?;
-                tx.commit().await.map_err(|e| self.fail(e))
+                .map_err(|e| self.fail(e))?
+                .rows_affected();
+                if claimed == 0 {
+                    tx.rollback().await.map_err(|e| self.fail(e))?;
+                    let existing: String =
+                        sqlx::query("SELECT job_id FROM submit_keys WHERE submit_key = $1")
+                            .bind(key)
+                            .fetch_one(&self.pool)
+                            .await
+                            .map_err(|e| self.fail(e))?
+                            .try_get("job_id")
+                            .map_err(|e| self.fail(e))?;
+                    return Ok(Some(existing));
+                }
+                self.insert_job_in(&mut tx, job, reason).await?;
+                tx.commit().await.map_err(|e| self.fail(e))?;
+                Ok(None)
             }
 
             async fn get_job(&self, job_id: &str) -> StoreResult<Option<JobRow>> {
@@ -540,6 +548,42 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            /// Inserts `job` and its first history entry in `tx`.
+            async fn insert_job_in(
+                &self,
+                tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+                job: &JobRow,
+                reason: &str,
+            ) -> StoreResult<()> {
+                let variants = serde_json::to_string(&job.spec.platform_variants)
+                    .expect("a list of strings serialises");
+                sqlx::query(&format!(
+                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                ))
+                .bind(&job.job_id)
+                .bind(&job.spec.project_name)
+                .bind(&job.spec.project_version)
+                .bind(&job.spec.recipe_identifier)
+                .bind(&job.spec.platform_identifier)
+                .bind(variants)
+                .bind(&job.resolved_version)
+                .bind(job.state as i64)
+                .bind(i64::from(job.attempt))
+                .bind(&job.worker_id)
+                .bind(job.outcome as i64)
+                .bind(job.submitted_at_ms)
+                .bind(job.updated_at_ms)
+                .bind(job.lease_deadline_ms)
+                .bind(i64::from(job.cancel_requested))
+                .bind(&job.lease_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| self.fail(e))?;
+                let first = Transition::of(job, job.state, reason, job.submitted_at_ms);
+                self.record_history(tx, &first).await
             }
 
             /// Adds the task results and logs of `results` in `tx`.

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS workers (
     registered_at_ms BIGINT NOT NULL,
     last_seen_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS submit_keys (
+    submit_key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     token_id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,

@@ -222,6 +222,30 @@ async fn exercise(store: Arc<dyn Store>) {
         .iter()
         .any(|w| w.worker_id == worker.worker_id));
 
+    let keyed = job(&format!("{prefix}-keyed"), "keyed");
+    let key = format!("{prefix}-key");
+    assert_eq!(
+        store
+            .insert_job_once(&keyed, "submitted", &key)
+            .await
+            .unwrap(),
+        None
+    );
+    let retry = job(&format!("{prefix}-retry"), "keyed");
+    assert_eq!(
+        store
+            .insert_job_once(&retry, "submitted", &key)
+            .await
+            .unwrap(),
+        Some(keyed.job_id.clone()),
+        "the same key answers the first job"
+    );
+    assert_eq!(
+        store.get_job(&retry.job_id).await.unwrap(),
+        None,
+        "and adds none"
+    );
+
     let token = TokenRow {
         token_id: format!("{prefix}-t"),
         name: format!("{prefix}-ci"),
@@ -272,7 +296,8 @@ async fn sqlite_store_keeps_jobs_results_and_workers() {
             .await
             .unwrap()
             .len(),
-        5
+        6,
+        "the five jobs and the keyed one"
     );
 }
 
