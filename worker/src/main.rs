@@ -43,6 +43,9 @@ enum Command {
     /// Resolve and download a distribution's closure into the cache (and --dest), then
     /// print the resolved set: to pre-warm a worker or debug a failed install.
     Download(pyti_worker::pypidownload::cli::DownloadArgs),
+    /// The download cache: `stats`, `prune`.
+    #[command(subcommand)]
+    Cache(pyti_worker::pypidownload::cli::CacheCommand),
 }
 
 #[tokio::main]
@@ -54,8 +57,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { agent } => serve(config, cli.config.as_deref(), agent.as_deref()).await,
         Command::Image(command) => Ok(pyti_worker::image::cli::run(&config.root, command).await?),
         Command::Download(args) => {
-            pyti_worker::pypidownload::cli::run(args, &config.root.join("cache/pypi")).await
+            pyti_worker::pypidownload::cli::run(
+                args,
+                &config.root.join("cache/pypi"),
+                config.budgets,
+            )
+            .await
         }
+        Command::Cache(command) => pyti_worker::pypidownload::cli::run_cache(
+            command,
+            &config.root.join("cache/pypi"),
+            config.cache_max_bytes,
+        ),
     }
 }
 

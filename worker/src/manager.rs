@@ -2,10 +2,13 @@
 //! download the distribution and its dependency closure, write the IO disk, boot a clean
 //! VM, wait for it with a deadline, read the results off the IO disk, roll the VM back.
 //!
-//! `pyti-vm-run` and the worker daemon both run jobs through [`Manager::run`], so the
-//! single-machine mode and the farm can never drift apart. The run takes a slot lease
-//! (the master link took it when it accepted the delivery; `pyti-vm-run` waits for one
-//! with [`Manager::wait_for_slot`]) and gives it back at rollback. Whatever happens (an
+//! `pyti-vm-run` and the worker daemon both run jobs through the same steps, so the
+//! single-machine mode and the farm can never drift apart. The download comes first and
+//! holds no VM slot (an index can be slow, and the closure has a time budget of its
+//! own): [`Manager::prepare`] downloads, then the run takes a slot lease
+//! ([`Manager::wait_for_slot`]) and gives it back at rollback. In a farm the master
+//! link leases the slot when it accepts a delivery; [`Manager::run`] gives it back
+//! while the job downloads and waits for one again afterwards. Whatever happens (an
 //! error, a deadline, a cancel), the VM is removed, its overlay and IO disk deleted and
 //! the slot released, or marked broken when something could not be removed, so a run
 //! leaves nothing behind. The steps themselves are [`job_run::JobRun`]'s.
@@ -27,7 +30,7 @@ use tracing::{info, warn};
 use crate::config::{PlatformConfig, WorkerConfig};
 use crate::image::{self, GuestImage};
 use crate::progress::{ProgressSender, Stage};
-use crate::pypidownload::{Cache, ResolvedSet};
+use crate::pypidownload::{Cache, CachePin, ResolvedSet};
 use crate::stateofvm::{SlotError, SlotLease, SlotPool};
 use crate::vms::{self, Connection};
 
@@ -92,6 +95,14 @@ struct Plan<'a> {
     recipe: Recipe,
 }
 
+/// A job whose closure is downloaded into its run directory, ready for a slot. Its
+/// files stay pinned in the cache until it is dropped.
+pub struct Prepared {
+    resolved: ResolvedSet,
+    clock: StageClock,
+    _pin: CachePin,
+}
+
 /// Runs jobs on this host's VM slots. Cheap to share (`Arc`).
 pub struct Manager {
     config: Arc<WorkerConfig>,
@@ -112,6 +123,8 @@ impl Manager {
         agent: Option<&Path>,
     ) -> Result<Self, RunError> {
         let cache = Cache::open(config.root.join("cache/pypi"))?;
+        // Pins name the files of running jobs; none runs before the worker starts.
+        cache.clear_pins()?;
         let mut platforms = BTreeMap::new();
         for platform in &config.platforms {
             let runtime = PlatformRuntime::open(&config, platform, agent).await?;
@@ -136,15 +149,75 @@ impl Manager {
         &self.recipes
     }
 
-    /// Runs `job` to the end in the slot `lease` holds (preparing, of the job's
-    /// platform), and gives the slot back. A package that fails is still `Ok` (its
-    /// results say how); `Err` means no results: the farm failed, the job was
+    /// Runs `job` to the end: the slot `lease` holds (preparing, of the job's platform,
+    /// as the master link leased it) goes back to the pool while the closure downloads,
+    /// then the job waits for a slot and runs in it. A package that fails is still `Ok`
+    /// (its results say how); `Err` means no results: the farm failed, the job was
     /// cancelled, or what was asked cannot be resolved.
     pub async fn run(
         &self,
         job: &JobRequest,
         lease: SlotLease,
         progress: ProgressSender,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, RunError> {
+        let planned = self
+            .plan(job)
+            .and_then(|plan| plan.fits(&lease).map(|()| plan));
+        release_unused(lease, &job.job_id);
+        planned?;
+        let mut prepared = self.prepare(job, progress, &cancel).await?;
+        let lease = self
+            .acquire_slot(job, &mut prepared.clock, &cancel, true)
+            .await?;
+        self.run_prepared(job, prepared, lease, cancel).await
+    }
+
+    /// Downloads `job`'s closure into its run directory (or takes it from the cache),
+    /// holding no VM slot; the download budgets apply. A job this worker cannot run is
+    /// refused before anything is fetched.
+    pub async fn prepare(
+        &self,
+        job: &JobRequest,
+        progress: ProgressSender,
+        cancel: &CancellationToken,
+    ) -> Result<Prepared, RunError> {
+        self.plan(job)?;
+        let mut clock = StageClock::new(&job.job_id, progress);
+        let paths = job_run::RunPaths::new(&self.config.root, &job.job_id, "");
+        job_run::prepare_run_dir(&paths).await?;
+        let resolved = job_run::download(self, job, &paths, &mut clock, cancel).await?;
+        let pin = self.cache.pin(
+            &format!("{}/{}", job.job_id, job.attempt),
+            resolved.files().map(|file| file.sha256.as_str()),
+        )?;
+        let cache = self.cache.clone();
+        let budget = self.config.cache_max_bytes;
+        match blocking(move || cache.prune(budget)).await? {
+            Ok(report) if !report.removed.is_empty() => {
+                info!(
+                    removed = report.removed.len(),
+                    freed_bytes = report.freed_bytes,
+                    "Pruned the download cache"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "Pruning the download cache failed"),
+        }
+        Ok(Prepared {
+            resolved,
+            clock,
+            _pin: pin,
+        })
+    }
+
+    /// Runs a prepared job in the slot `lease` holds (preparing, of the job's
+    /// platform) and gives the slot back.
+    pub async fn run_prepared(
+        &self,
+        job: &JobRequest,
+        prepared: Prepared,
+        lease: SlotLease,
         cancel: CancellationToken,
     ) -> Result<RunReport, RunError> {
         let plan = match self
@@ -157,28 +230,63 @@ impl Manager {
                 return Err(error);
             }
         };
-        let clock = StageClock::new(&job.job_id, progress);
-        JobRun::new(self, job, plan, lease, clock, cancel)
-            .execute()
-            .await
+        let Prepared {
+            resolved,
+            clock,
+            _pin,
+        } = prepared;
+        let report = JobRun::new(self, job, plan, lease, clock, cancel)
+            .execute(resolved)
+            .await;
+        drop(_pin);
+        report
     }
 
     /// Takes a ready slot of `job`'s platform, waiting for one to free up (what
-    /// `pyti-vm-run` does before [`run`](Self::run); in a farm the master link takes it).
-    /// A job this worker cannot run is refused before any wait.
+    /// `pyti-vm-run` does after [`prepare`](Self::prepare)). A job this worker cannot
+    /// run is refused before any wait.
     pub async fn wait_for_slot(
         &self,
         job: &JobRequest,
         progress: &ProgressSender,
         cancel: &CancellationToken,
     ) -> Result<SlotLease, RunError> {
+        let mut clock = StageClock::new(&job.job_id, progress.clone());
+        self.acquire_slot(job, &mut clock, cancel, false).await
+    }
+
+    /// Takes a ready slot for the prepared `job`, waiting for one; the wait is timed
+    /// with the job's other stages.
+    pub async fn slot_for(
+        &self,
+        job: &JobRequest,
+        prepared: &mut Prepared,
+        cancel: &CancellationToken,
+    ) -> Result<SlotLease, RunError> {
+        self.acquire_slot(job, &mut prepared.clock, cancel, false)
+            .await
+    }
+
+    /// Waits for a ready slot; `accepted` when the job held one before (a farm job
+    /// that gave its slot back while downloading), which a drain does not refuse.
+    async fn acquire_slot(
+        &self,
+        job: &JobRequest,
+        clock: &mut StageClock,
+        cancel: &CancellationToken,
+        accepted: bool,
+    ) -> Result<SlotLease, RunError> {
         let plan = self.plan(job)?;
         let platform = plan.runtime.config.name.as_str();
-        let mut clock = StageClock::new(&job.job_id, progress.clone());
         clock.start(Stage::WaitingForSlot, platform);
         let mut changes = self.pool.watch();
         loop {
-            match self.pool.acquire(platform, &job.job_id) {
+            let taken = if accepted {
+                self.pool.reacquire(platform, &job.job_id)
+            } else {
+                self.pool.acquire(platform, &job.job_id)
+            };
+            match taken {
                 Ok(lease) => {
                     clock.finish(lease.name());
                     return Ok(lease);

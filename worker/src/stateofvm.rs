@@ -349,8 +349,19 @@ impl SlotPool {
     /// Takes the first ready slot of `platform` for `job_id` (it becomes preparing).
     /// Refused while draining.
     pub fn acquire(&self, platform: &str, job_id: &str) -> Result<SlotLease, SlotError> {
+        self.take(platform, job_id, false)
+    }
+
+    /// Takes a ready slot for a job this worker accepted before and whose slot went
+    /// back to the pool while it downloaded: allowed while draining, since a drain lets
+    /// accepted jobs finish.
+    pub fn reacquire(&self, platform: &str, job_id: &str) -> Result<SlotLease, SlotError> {
+        self.take(platform, job_id, true)
+    }
+
+    fn take(&self, platform: &str, job_id: &str, accepted: bool) -> Result<SlotLease, SlotError> {
         let mut guard = self.lock();
-        if guard.draining {
+        if guard.draining && !accepted {
             return Err(SlotError::Draining);
         }
         let slots = &mut guard.slots;

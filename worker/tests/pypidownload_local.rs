@@ -578,7 +578,7 @@ async fn the_download_command_fills_the_cache_and_the_destination() {
     ])
     .unwrap();
     assert_eq!(cli.download.tools, vec!["toolx"]);
-    pyti_worker::pypidownload::cli::run(cli.download, fixture.cache_dir.path())
+    pyti_worker::pypidownload::cli::run(cli.download, fixture.cache_dir.path(), Default::default())
         .await
         .unwrap();
     assert!(dest
@@ -614,9 +614,13 @@ async fn the_download_command_fills_the_cache_and_the_destination() {
         &index,
     ])
     .unwrap();
-    let error = pyti_worker::pypidownload::cli::run(bad.download, fixture.cache_dir.path())
-        .await
-        .unwrap_err();
+    let error = pyti_worker::pypidownload::cli::run(
+        bad.download,
+        fixture.cache_dir.path(),
+        Default::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("three"), "{error}");
 }
 

@@ -186,10 +186,14 @@ async fn run(cli: Cli, jobs: Vec<Target>) -> anyhow::Result<u8> {
         let (manager, sender, cancel) = (Arc::clone(&manager), sender.clone(), cancel.clone());
         runs.spawn(async move {
             let progress = Some(sender);
-            let result = match manager.wait_for_slot(&job, &progress, &cancel).await {
-                Ok(lease) => manager.run(&job, lease, progress, cancel).await,
-                Err(error) => Err(error),
-            };
+            // The download holds no slot: several targets download at once and
+            // take the slots as they are ready.
+            let result = async {
+                let mut prepared = manager.prepare(&job, progress, &cancel).await?;
+                let lease = manager.slot_for(&job, &mut prepared, &cancel).await?;
+                manager.run_prepared(&job, prepared, lease, cancel).await
+            }
+            .await;
             (job, result)
         });
     }

@@ -23,6 +23,9 @@ use super::{images_dir, GuestImage, ImageError};
 /// Debian mirror used by debootstrap (overridable for local mirrors).
 pub const MIRROR_ENV: &str = "PYTI_DEBIAN_MIRROR";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// The keyring debootstrap checks the archive's signatures with, named explicitly so
+/// the image never depends on whatever default a host's debootstrap falls back to.
+pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const BASE_NAME: &str = "base.qcow2";
 const KERNEL_NAME: &str = "vmlinuz";
 const INITRD_NAME: &str = "initrd.img";
@@ -158,6 +161,12 @@ fn check_can_build() -> Result<(), ImageError> {
             hint: hint.to_owned(),
         });
     }
+    if !Path::new(DEBIAN_KEYRING).is_file() {
+        return Err(ImageError::MissingTool {
+            tool: DEBIAN_KEYRING.to_owned(),
+            package: "debian-archive-keyring".to_owned(),
+        });
+    }
     for (tool, package) in [
         ("debootstrap", "debootstrap"),
         ("chroot", "coreutils"),
@@ -282,6 +291,7 @@ fn build_into(
         scratch,
         "debootstrap",
         Command::new("debootstrap")
+            .arg(format!("--keyring={DEBIAN_KEYRING}"))
             .arg(format!("--variant={}", image_spec.variant))
             .arg(format!("--include={}", image_spec.packages.join(",")))
             .arg(format!("--cache-dir={}", cache.display()))

@@ -38,7 +38,7 @@ pub(super) struct RunPaths {
 }
 
 impl RunPaths {
-    fn new(root: &Path, job_id: &str, slot: &str) -> Self {
+    pub(super) fn new(root: &Path, job_id: &str, slot: &str) -> Self {
         let run_dir = root.join("runs").join(job_id);
         Self {
             staging: run_dir.join("io"),
@@ -53,7 +53,6 @@ impl RunPaths {
 
 /// One job in one slot: everything its steps share.
 pub(super) struct JobRun<'a> {
-    pub(super) manager: &'a Manager,
     pub(super) job: &'a JobRequest,
     pub(super) plan: Plan<'a>,
     pub(super) lease: SlotLease,
@@ -74,7 +73,6 @@ impl<'a> JobRun<'a> {
     ) -> Self {
         let paths = RunPaths::new(&manager.config.root, &job.job_id, lease.name());
         Self {
-            manager,
             job,
             plan,
             lease,
@@ -84,9 +82,10 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    /// Runs every step, then rolls back whatever happened: the results, or why none.
-    pub(super) async fn execute(mut self) -> Result<RunReport, RunError> {
-        let outcome = self.steps().await;
+    /// Runs every step with the downloaded set, then rolls back whatever happened:
+    /// the results, or why none.
+    pub(super) async fn execute(mut self, resolved: ResolvedSet) -> Result<RunReport, RunError> {
+        let outcome = self.steps(resolved).await;
         let job_id = self.job.job_id.clone();
         let (timings, paths) = self.roll_back().await;
         let (resolved, results) = outcome?;
@@ -100,53 +99,11 @@ impl<'a> JobRun<'a> {
         })
     }
 
-    async fn steps(&mut self) -> Result<(ResolvedSet, Results), RunError> {
-        self.prepare_run_dir().await?;
-        let resolved = self.download().await?;
+    async fn steps(&mut self, resolved: ResolvedSet) -> Result<(ResolvedSet, Results), RunError> {
         self.write_io_disk(&resolved).await?;
         self.boot_and_wait().await?;
         let results = self.collect(&resolved).await?;
         Ok((resolved, results))
-    }
-
-    /// Starts from an empty run directory (a retry on this worker reuses the job id).
-    async fn prepare_run_dir(&self) -> Result<(), RunError> {
-        let run_dir = &self.paths.run_dir;
-        match tokio::fs::remove_dir_all(run_dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RunError::io(run_dir, e)),
-        }
-        tokio::fs::create_dir_all(&self.paths.staging)
-            .await
-            .map_err(|e| RunError::io(&self.paths.staging, e))
-    }
-
-    /// Resolves the dependency closure and downloads it (or takes it from the cache)
-    /// into the staging directory.
-    async fn download(&mut self) -> Result<ResolvedSet, RunError> {
-        let spec = &self.job.spec;
-        self.clock.start(Stage::Download, &spec.requirement());
-        let request = match &self.job.local_distribution {
-            Some(path) => pypidownload::Request::local(path.clone()),
-            None => pypidownload::Request::from_job(&spec.project_name, &spec.project_version),
-        }
-        .with_index(self.manager.config.index_url.clone());
-        let resolved = cancellable(
-            &self.cancel,
-            pypidownload::resolve_and_download(
-                &request,
-                &TargetEnv::default(),
-                &self.manager.cache,
-                Some(&self.paths.staging),
-            ),
-        )
-        .await??;
-        let cached = resolved.files().filter(|f| f.from_cache).count();
-        let total = resolved.files().count();
-        self.clock
-            .finish(&format!("{total} files, {cached} from the cache"));
-        Ok(resolved)
     }
 
     /// Writes `job.json` next to the downloaded files and makes the IO disk of them.
@@ -225,6 +182,52 @@ impl<'a> JobRun<'a> {
         settle_lease(self.lease, removed);
         (self.clock.into_timings(), self.paths)
     }
+}
+
+/// Starts from an empty run directory (a retry on this worker reuses the job id).
+pub(super) async fn prepare_run_dir(paths: &RunPaths) -> Result<(), RunError> {
+    let run_dir = &paths.run_dir;
+    match tokio::fs::remove_dir_all(run_dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(RunError::io(run_dir, e)),
+    }
+    tokio::fs::create_dir_all(&paths.staging)
+        .await
+        .map_err(|e| RunError::io(&paths.staging, e))
+}
+
+/// Resolves the dependency closure and downloads it (or takes it from the cache)
+/// into the staging directory, within the worker's download budgets.
+pub(super) async fn download(
+    manager: &Manager,
+    job: &JobRequest,
+    paths: &RunPaths,
+    clock: &mut StageClock,
+    cancel: &CancellationToken,
+) -> Result<ResolvedSet, RunError> {
+    let spec = &job.spec;
+    clock.start(Stage::Download, &spec.requirement());
+    let request = match &job.local_distribution {
+        Some(path) => pypidownload::Request::local(path.clone()),
+        None => pypidownload::Request::from_job(&spec.project_name, &spec.project_version),
+    }
+    .with_index(manager.config.index_url.clone())
+    .with_budgets(manager.config.budgets);
+    let resolved = cancellable(
+        cancel,
+        pypidownload::resolve_and_download(
+            &request,
+            &TargetEnv::default(),
+            &manager.cache,
+            Some(&paths.staging),
+        ),
+    )
+    .await??;
+    let cached = resolved.files().filter(|f| f.from_cache).count();
+    let total = resolved.files().count();
+    clock.finish(&format!("{total} files, {cached} from the cache"));
+    Ok(resolved)
 }
 
 /// Removes what a run in `lease`'s slot made: the VM (destroyed if it still runs),

@@ -6,12 +6,101 @@
 //! untrusted input, so entries are size-capped and only read, never extracted.
 //! These functions block; async callers wrap them in `spawn_blocking`.
 
+use std::cell::Cell;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
 
 /// Largest metadata or pyproject file read from an archive.
 const MAX_ENTRY_BYTES: u64 = 8 << 20;
+
+/// Below this many decompressed bytes the ratio is not looked at: small files of
+/// repeated text compress far better than archives do.
+const RATIO_FLOOR_BYTES: u64 = 16 << 20;
+
+/// Most entries a zip sdist may list (its central directory is read whole).
+const MAX_ZIP_ENTRIES: usize = 100_000;
+
+/// How much an archive may expand while it is read: a `.tar.gz` is decompressed as a
+/// stream and stopped as soon as either limit is passed, so a gzip bomb costs only
+/// what the limit allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveLimits {
+    /// Most bytes decompressed from one archive. Default: 1 GiB.
+    pub max_bytes: u64,
+    /// Most decompressed bytes per compressed byte (above 16 MiB). Default: 200.
+    pub max_ratio: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        ArchiveLimits {
+            max_bytes: 1 << 30,
+            max_ratio: 200,
+        }
+    }
+}
+
+/// Why an archive could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveError {
+    /// Damaged or not the format its name says.
+    #[error("{0}")]
+    Invalid(String),
+    /// It expands past its limits (a decompression bomb, or simply too big).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl From<String> for ArchiveError {
+    fn from(reason: String) -> Self {
+        ArchiveError::Invalid(reason)
+    }
+}
+
+/// A reader that counts what it yields and fails once the count passes the limits;
+/// the count is shared so the caller can tell a limit from any other failure after
+/// the archive library wrapped the error.
+struct Budgeted<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+    allowed: u64,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        if self.read.get() > self.allowed {
+            return Err(std::io::Error::other("decompressed size limit passed"));
+        }
+        Ok(n)
+    }
+}
+
+impl ArchiveLimits {
+    /// Decompressed bytes allowed for an archive of `compressed` bytes.
+    pub fn allowed(&self, compressed: u64) -> u64 {
+        let by_ratio = compressed
+            .saturating_mul(self.max_ratio)
+            .max(RATIO_FLOOR_BYTES);
+        self.max_bytes.min(by_ratio)
+    }
+
+    fn too_large(&self, read: u64, compressed: u64) -> ArchiveError {
+        ArchiveError::TooLarge(format!(
+            "stopped after decompressing {read} bytes from {compressed}: past the limit of {} \
+             bytes (at most {} bytes, at most {}x the compressed size; max_archive_bytes and \
+             max_archive_ratio in [config])",
+            self.allowed(compressed),
+            self.max_bytes,
+            self.max_ratio
+        ))
+    }
+}
 
 /// pip's build requirements for an sdist without `[build-system]` (PEP 518 default).
 pub const DEFAULT_BUILD_REQUIRES: [&str; 2] = ["setuptools>=40.8.0", "wheel"];
@@ -73,29 +162,72 @@ pub fn build_requires(pyproject: Option<&str>) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// Reads `PKG-INFO` and the build requirements from a `.tar.gz`/`.tgz` or `.zip` sdist.
+/// Reads `PKG-INFO` and the build requirements from a `.tar.gz`/`.tgz` or `.zip` sdist,
+/// with the default [`ArchiveLimits`].
 pub fn read_sdist(path: &Path, filename: &str) -> Result<SdistInfo, String> {
+    read_sdist_limited(path, filename, &ArchiveLimits::default()).map_err(|e| e.to_string())
+}
+
+/// [`read_sdist`] under `limits`.
+pub fn read_sdist_limited(
+    path: &Path,
+    filename: &str,
+    limits: &ArchiveLimits,
+) -> Result<SdistInfo, ArchiveError> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let compressed = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    read_sdist_from(file, compressed, filename, limits)
+}
+
+/// Reads an sdist of `compressed` bytes from `reader` (a file, or bytes in memory).
+pub fn read_sdist_from(
+    reader: impl Read + Seek,
+    compressed: u64,
+    filename: &str,
+    limits: &ArchiveLimits,
+) -> Result<SdistInfo, ArchiveError> {
     let mut pkg_info = None;
     let mut pyproject = None;
     let lower = filename.to_ascii_lowercase();
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        for entry in archive.entries().map_err(|e| e.to_string())? {
-            let entry = entry.map_err(|e| e.to_string())?;
-            let name = entry
-                .path()
-                .map_err(|e| e.to_string())?
-                .to_string_lossy()
-                .into_owned();
-            if is_top_level(&name, "PKG-INFO") && pkg_info.is_none() {
-                pkg_info = Some(read_capped(entry, &name)?);
-            } else if is_top_level(&name, "pyproject.toml") && pyproject.is_none() {
-                pyproject = Some(read_capped(entry, &name)?);
+        let read = Rc::new(Cell::new(0));
+        let budgeted = Budgeted {
+            inner: flate2::read::GzDecoder::new(reader),
+            read: Rc::clone(&read),
+            allowed: limits.allowed(compressed),
+        };
+        let walked = (|| -> Result<(), String> {
+            let mut archive = tar::Archive::new(budgeted);
+            for entry in archive.entries().map_err(|e| e.to_string())? {
+                let entry = entry.map_err(|e| e.to_string())?;
+                let name = entry
+                    .path()
+                    .map_err(|e| e.to_string())?
+                    .to_string_lossy()
+                    .into_owned();
+                if is_top_level(&name, "PKG-INFO") && pkg_info.is_none() {
+                    pkg_info = Some(read_capped(entry, &name)?);
+                } else if is_top_level(&name, "pyproject.toml") && pyproject.is_none() {
+                    pyproject = Some(read_capped(entry, &name)?);
+                }
             }
+            Ok(())
+        })();
+        if read.get() > limits.allowed(compressed) {
+            return Err(limits.too_large(read.get(), compressed));
         }
+        walked?;
     } else if lower.ends_with(".zip") {
-        let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
+        let mut archive = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
+        if archive.len() > MAX_ZIP_ENTRIES {
+            return Err(ArchiveError::TooLarge(format!(
+                "the zip lists {} entries, more than {MAX_ZIP_ENTRIES}",
+                archive.len()
+            )));
+        }
         for index in 0..archive.len() {
             let entry = archive.by_index(index).map_err(|e| e.to_string())?;
             let name = entry.name().to_string();
@@ -106,9 +238,9 @@ pub fn read_sdist(path: &Path, filename: &str) -> Result<SdistInfo, String> {
             }
         }
     } else {
-        return Err(format!(
+        return Err(ArchiveError::Invalid(format!(
             "unsupported sdist format {filename:?} (only .tar.gz and .zip are read)"
-        ));
+        )));
     }
     Ok(SdistInfo {
         pkg_info,
@@ -119,7 +251,12 @@ pub fn read_sdist(path: &Path, filename: &str) -> Result<SdistInfo, String> {
 /// Reads `<name>.dist-info/METADATA` from a wheel.
 pub fn read_wheel_metadata(path: &Path) -> Result<String, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
+    read_wheel_metadata_from(file)
+}
+
+/// Reads `<name>.dist-info/METADATA` from a wheel's bytes in `reader`.
+pub fn read_wheel_metadata_from(reader: impl Read + Seek) -> Result<String, String> {
+    let mut archive = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
     let name = archive
         .file_names()
         .find(|name| {
@@ -219,5 +356,59 @@ mod tests {
         assert_eq!(sdist_zip.build_requires, DEFAULT_BUILD_REQUIRES);
         assert!(read_sdist(&zip_path, "demo-1.0.tar.bz2").is_err());
         assert!(read_wheel_metadata(&tar_path).is_err());
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_first_limit_it_passes() {
+        let expanded: u64 = 40 << 20;
+        let mut bytes = Vec::new();
+        {
+            let encoder = flate2::write::GzEncoder::new(&mut bytes, flate2::Compression::best());
+            let mut builder = tar::Builder::new(encoder);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(expanded);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(
+                    &mut header,
+                    "bomb-1.0/zeros",
+                    std::io::repeat(0).take(expanded),
+                )
+                .unwrap();
+            builder.into_inner().unwrap().finish().unwrap();
+        }
+        let read = |limits: ArchiveLimits| {
+            read_sdist_from(
+                std::io::Cursor::new(&bytes),
+                bytes.len() as u64,
+                "bomb-1.0.tar.gz",
+                &limits,
+            )
+        };
+        // The absolute limit.
+        let error = read(ArchiveLimits {
+            max_bytes: 1 << 20,
+            max_ratio: 1_000_000,
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&error, ArchiveError::TooLarge(reason) if reason.contains("past the limit of 1048576")),
+            "{error}"
+        );
+        // The ratio (above its 16 MiB floor): about 1000:1 here.
+        let error = read(ArchiveLimits {
+            max_bytes: 1 << 30,
+            max_ratio: 200,
+        })
+        .unwrap_err();
+        assert!(matches!(&error, ArchiveError::TooLarge(_)), "{error}");
+        // Generous limits read it to the end.
+        let info = read(ArchiveLimits {
+            max_bytes: 1 << 30,
+            max_ratio: 1_000_000,
+        })
+        .unwrap();
+        assert_eq!(info.pkg_info, None);
     }
 }

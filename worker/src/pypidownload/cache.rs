@@ -11,14 +11,25 @@
 //! metadata/<64 hex>.metadata      core metadata of the distribution with that sha256
 //! build/<64 hex>.json             build requirements read from that sdist
 //! pages/<index key>/<name>.json   last project page fetched from an index (PEP 691 JSON)
+//! pins/<key>                      sha256s a running job uses, one a line
 //! tmp/                            partial writes, renamed when complete
 //! ```
 //!
 //! Blobs, metadata and build requirements are immutable (keyed by content hash). Pages
 //! change upstream; they are kept so that resolution can run with the index unreachable.
+//!
+//! Blobs are what takes space. Each use sets a blob's modification time, so
+//! [`Cache::prune`] removes the least recently used first until the blobs fit a size
+//! budget, and never one listed in a pin file: a running job pins its files (a
+//! [`CachePin`], removed when dropped) and a `pyti-worker cache prune` run from a shell
+//! sees the pins of the worker's running jobs.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
 
 use pyti_guest::digest::sha256_hex;
 
@@ -59,7 +70,7 @@ impl Cache {
     /// Opens (creating as needed) the cache at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "metadata", "build", "pages", "tmp"] {
+        for sub in ["blobs/sha256", "metadata", "build", "pages", "pins", "tmp"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("creating cache directory", &dir, e))?;
@@ -86,7 +97,16 @@ impl Cache {
             return None;
         }
         let path = self.blob_path(sha256);
-        path.is_file().then_some(path)
+        if !path.is_file() {
+            return None;
+        }
+        // A use makes the blob the most recently used (what pruning goes by); a
+        // read-only cache still serves it.
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_modified(SystemTime::now()));
+        Some(path)
     }
 
     /// A fresh temporary file inside the cache, for a writer that renames it later.
@@ -188,6 +208,185 @@ impl Cache {
     /// Stores a project page fetched from this index.
     pub fn put_page(&self, index_url: &str, project: &str, bytes: &[u8]) -> Result<()> {
         self.write_atomic(&Self::page_path(index_url, project), bytes)
+    }
+}
+
+/// What the cache holds, for `pyti-worker cache stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Distribution files.
+    pub blobs: usize,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Distribution files a running job uses.
+    pub pinned_blobs: usize,
+    /// Their bytes.
+    pub pinned_bytes: u64,
+    /// Jobs holding pins.
+    pub pins: usize,
+    /// Metadata, build requirement and page files (small, never pruned).
+    pub other_files: usize,
+    /// Their bytes.
+    pub other_bytes: u64,
+}
+
+/// What one prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// sha256 of each removed blob, least recently used first.
+    pub removed: Vec<String>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// Blob bytes left.
+    pub kept_bytes: u64,
+    /// Bytes over the budget that could not go because running jobs use them.
+    pub pinned_over_budget: u64,
+}
+
+/// The blobs one running job uses, kept from pruning until this is dropped.
+#[derive(Debug)]
+pub struct CachePin {
+    path: PathBuf,
+}
+
+impl Drop for CachePin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct BlobEntry {
+    sha256: String,
+    path: PathBuf,
+    bytes: u64,
+    used: SystemTime,
+}
+
+fn files_under(dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        if metadata.is_dir() {
+            files_under(&entry.path(), out);
+        } else if metadata.is_file() {
+            out.push((entry.path(), metadata));
+        }
+    }
+}
+
+impl Cache {
+    /// Pins `sha256s` for the job `key` (any string; it names the pin file by its hash)
+    /// until the returned guard is dropped.
+    pub fn pin<'a>(
+        &self,
+        key: &str,
+        sha256s: impl IntoIterator<Item = &'a str>,
+    ) -> Result<CachePin> {
+        let name = &sha256_hex(key.as_bytes())[..32];
+        let mut text = String::new();
+        for sha256 in sha256s {
+            text.push_str(&sha256.to_ascii_lowercase());
+            text.push('\n');
+        }
+        self.write_atomic(&Path::new("pins").join(name), text.as_bytes())?;
+        Ok(CachePin {
+            path: self.root.join("pins").join(name),
+        })
+    }
+
+    /// Removes every pin: what a worker does at start, when no job of its runs.
+    pub fn clear_pins(&self) -> Result<()> {
+        let dir = self.root.join("pins");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating cache directory", &dir, e))
+    }
+
+    fn pinned(&self) -> (HashSet<String>, usize) {
+        let mut pinned = HashSet::new();
+        let mut pins = 0;
+        if let Ok(entries) = std::fs::read_dir(self.root.join("pins")) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    pins += 1;
+                    pinned.extend(text.lines().filter(|l| valid_hash(l)).map(str::to_string));
+                }
+            }
+        }
+        (pinned, pins)
+    }
+
+    fn blob_entries(&self) -> Vec<BlobEntry> {
+        let mut files = Vec::new();
+        files_under(&self.root.join("blobs/sha256"), &mut files);
+        files
+            .into_iter()
+            .filter_map(|(path, metadata)| {
+                let sha256 = path.file_name()?.to_str()?.to_string();
+                valid_hash(&sha256).then(|| BlobEntry {
+                    sha256,
+                    bytes: metadata.len(),
+                    used: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    path,
+                })
+            })
+            .collect()
+    }
+
+    /// What the cache holds.
+    pub fn stats(&self) -> CacheStats {
+        let (pinned, pins) = self.pinned();
+        let mut stats = CacheStats {
+            pins,
+            ..CacheStats::default()
+        };
+        for blob in self.blob_entries() {
+            stats.blobs += 1;
+            stats.blob_bytes += blob.bytes;
+            if pinned.contains(&blob.sha256) {
+                stats.pinned_blobs += 1;
+                stats.pinned_bytes += blob.bytes;
+            }
+        }
+        let mut others = Vec::new();
+        for sub in ["metadata", "build", "pages"] {
+            files_under(&self.root.join(sub), &mut others);
+        }
+        stats.other_files = others.len();
+        stats.other_bytes = others.iter().map(|(_, m)| m.len()).sum();
+        stats
+    }
+
+    /// Removes least recently used blobs until the blobs take at most `max_bytes`,
+    /// never one a running job pinned.
+    pub fn prune(&self, max_bytes: u64) -> Result<PruneReport> {
+        let (pinned, _) = self.pinned();
+        let mut blobs = self.blob_entries();
+        blobs.sort_by(|a, b| a.used.cmp(&b.used).then(a.sha256.cmp(&b.sha256)));
+        let mut total: u64 = blobs.iter().map(|b| b.bytes).sum();
+        let mut report = PruneReport::default();
+        for blob in blobs {
+            if total <= max_bytes {
+                break;
+            }
+            if pinned.contains(&blob.sha256) {
+                continue;
+            }
+            match std::fs::remove_file(&blob.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing cached file", &blob.path, e)),
+            }
+            total -= blob.bytes;
+            report.freed_bytes += blob.bytes;
+            report.removed.push(blob.sha256);
+        }
+        report.kept_bytes = total;
+        report.pinned_over_budget = total.saturating_sub(max_bytes);
+        Ok(report)
     }
 }
 

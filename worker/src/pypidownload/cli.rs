@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::cache::Cache;
 use super::client::PYPI_SIMPLE;
@@ -35,10 +35,16 @@ pub struct DownloadArgs {
 }
 
 /// Runs the command with the cache at `cache_root` and prints the set to stdout.
-pub async fn run(args: DownloadArgs, cache_root: &Path) -> anyhow::Result<()> {
+pub async fn run(
+    args: DownloadArgs,
+    cache_root: &Path,
+    budgets: super::budget::Budgets,
+) -> anyhow::Result<()> {
     let target = TargetEnv::cpython(&args.python)?;
     let cache = Cache::open(cache_root)?;
-    let mut request = Request::from_argument(&args.requirement).with_index(args.index_url.clone());
+    let mut request = Request::from_argument(&args.requirement)
+        .with_index(args.index_url.clone())
+        .with_budgets(budgets);
     request.tools = if args.tools.is_empty() {
         DEFAULT_TOOLS.iter().map(|t| t.to_string()).collect()
     } else {
@@ -49,6 +55,74 @@ pub async fn run(args: DownloadArgs, cache_root: &Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&set)?);
     } else {
         print!("{}", table(&set));
+    }
+    Ok(())
+}
+
+/// `pyti-worker cache`: what the download cache holds, and pruning it by hand.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CacheCommand {
+    /// Files, bytes and what running jobs pin.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove least recently used files until the cache fits the budget (never a file
+    /// a running job uses).
+    Prune {
+        /// The budget in bytes (default: cache_max_bytes of the configuration).
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a cache command on the cache at `cache_root`; `budget` is the configured size.
+pub fn run_cache(command: CacheCommand, cache_root: &Path, budget: u64) -> anyhow::Result<()> {
+    let cache = Cache::open(cache_root)?;
+    match command {
+        CacheCommand::Stats { json } => {
+            let stats = cache.stats();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "{}: {} files, {} bytes (budget {budget}); {} files, {} bytes pinned by {} running jobs; {} metadata and page files, {} bytes",
+                    cache_root.display(),
+                    stats.blobs,
+                    stats.blob_bytes,
+                    stats.pinned_blobs,
+                    stats.pinned_bytes,
+                    stats.pins,
+                    stats.other_files,
+                    stats.other_bytes
+                );
+            }
+        }
+        CacheCommand::Prune { max_bytes, json } => {
+            let report = cache.prune(max_bytes.unwrap_or(budget))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "removed {} files, {} bytes; {} bytes kept{}",
+                    report.removed.len(),
+                    report.freed_bytes,
+                    report.kept_bytes,
+                    if report.pinned_over_budget > 0 {
+                        format!(
+                            " ({} bytes over the budget are used by running jobs)",
+                            report.pinned_over_budget
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,10 +28,33 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OnceCell, Semaphore};
 use url::Url;
 
-use super::archive;
+use super::archive::{self, ArchiveError};
+use super::budget::Budgets;
 use super::cache::Cache;
 use super::error::{Error, Result};
-use super::index::{FileKind, IndexFile, ProjectPage, SIMPLE_JSON};
+use super::index::{normalize_name, FileKind, IndexFile, ProjectPage, SIMPLE_JSON};
+
+/// Largest project page or metadata file read from an index.
+const MAX_DOCUMENT_BYTES: usize = 64 << 20;
+
+/// Why `name` is not a plain file name, if it is not: it is joined into host paths.
+pub fn unsafe_file_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.starts_with('/') || name.starts_with('\\') {
+        Some("an absolute path")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("a path, not a file name")
+    } else if name == "." || name == ".." || name.starts_with('.') {
+        Some("a dot file or a parent directory")
+    } else if name.chars().any(|c| c.is_control()) {
+        Some("a name with control characters")
+    } else if name.len() > 255 {
+        Some("longer than 255 bytes")
+    } else {
+        None
+    }
+}
 
 /// PyPI's JSON simple index.
 pub const PYPI_SIMPLE: &str = "https://pypi.org/simple";
@@ -135,6 +159,9 @@ pub struct IndexClient {
     blobs: InFlight<PathBuf>,
     stale_pages: Mutex<Vec<String>>,
     fetched: Mutex<std::collections::HashSet<String>>,
+    budgets: Budgets,
+    /// Bytes fetched by this client (files and archives), against `budgets.max_bytes`.
+    downloaded: AtomicU64,
 }
 
 impl IndexClient {
@@ -189,7 +216,15 @@ impl IndexClient {
             blobs: InFlight::default(),
             stale_pages: Mutex::new(Vec::new()),
             fetched: Mutex::new(Default::default()),
+            budgets: Budgets::default(),
+            downloaded: AtomicU64::new(0),
         })
+    }
+
+    /// Replaces the budgets.
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     /// Replaces the retry policy.
@@ -286,6 +321,19 @@ impl IndexClient {
             url: url.to_string(),
             reason,
         })?;
+        // A path in a file name is never an accident: the whole page is distrusted.
+        if let Some((file, reason)) = page
+            .files
+            .iter()
+            .find_map(|file| Some((file, unsafe_file_name(&file.filename)?)))
+        {
+            return Err(Error::UnsafeFileName {
+                index: self.index_key.clone(),
+                project: project.to_string(),
+                file: file.filename.clone(),
+                reason: reason.to_string(),
+            });
+        }
         Ok(Some(Arc::new(page)))
     }
 
@@ -302,15 +350,112 @@ impl IndexClient {
 
     fn file_sha256<'a>(&self, project: &str, file: &'a IndexFile) -> Result<&'a str> {
         file.sha256().ok_or_else(|| Error::MissingHash {
+            index: self.index_key.clone(),
             project: project.to_string(),
             file: file.filename.clone(),
         })
     }
 
+    /// Checks a listed file before anything of it is used, fetched or written: a plain
+    /// name, a wheel or sdist of `project`, a sha256. Returns the sha256.
+    pub fn validate_file(&self, project: &str, file: &IndexFile) -> Result<String> {
+        let project = normalize_name(project);
+        if let Some(reason) = unsafe_file_name(&file.filename) {
+            return Err(Error::UnsafeFileName {
+                index: self.index_key.clone(),
+                project,
+                file: file.filename.clone(),
+                reason: reason.to_string(),
+            });
+        }
+        let foreign = |reason: String| Error::ForeignFile {
+            index: self.index_key.clone(),
+            project: project.clone(),
+            file: file.filename.clone(),
+            reason,
+        };
+        match file.kind() {
+            FileKind::Wheel(wheel) if normalize_name(&wheel.name) != project => {
+                return Err(foreign(format!(
+                    "a wheel of project {:?}",
+                    normalize_name(&wheel.name)
+                )))
+            }
+            FileKind::Wheel(_) => {}
+            FileKind::Sdist if file.version(&project).is_none() => {
+                return Err(foreign(format!("an sdist not named {project}-<version>")))
+            }
+            FileKind::Sdist => {}
+            FileKind::Other => {
+                return Err(foreign("neither a wheel nor an sdist name".into()));
+            }
+        }
+        let sha256 = self.file_sha256(&project, file)?.to_ascii_lowercase();
+        if !(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(foreign(format!(
+                "whose sha256 {sha256:?} is not 64 hex digits"
+            )));
+        }
+        Ok(sha256)
+    }
+
+    /// The URL to fetch a listed file from, if it is in the index's scheme family
+    /// (`file:` only from a local index).
+    pub fn fetch_url(&self, project: &str, file: &IndexFile) -> Result<Url> {
+        let url = self.file_url(project, file)?;
+        let refused = match (&self.location, url.scheme()) {
+            (_, "http" | "https") => None,
+            (Location::Directory(_), "file") => None,
+            (Location::Http(_), scheme) => Some(format!(
+                "a {scheme}: URL is only taken from a local (file:) index"
+            )),
+            (Location::Directory(_), scheme) => {
+                Some(format!("{scheme}: is no scheme files are fetched with"))
+            }
+        };
+        if let Some(reason) = refused {
+            return Err(Error::UrlNotAllowed {
+                index: self.index_key.clone(),
+                file: file.filename.clone(),
+                url: url.to_string(),
+                reason,
+            });
+        }
+        Ok(url)
+    }
+
+    /// Reads an sdist under the archive limits, telling a bomb from a damaged file.
+    fn read_sdist_blocking(
+        &self,
+        project: &str,
+        file: &IndexFile,
+        path: PathBuf,
+    ) -> impl FnOnce() -> Result<archive::SdistInfo> + Send + 'static {
+        let (project, filename, limits) = (
+            project.to_string(),
+            file.filename.clone(),
+            self.budgets.archive,
+        );
+        move || {
+            archive::read_sdist_limited(&path, &filename, &limits).map_err(|error| match error {
+                ArchiveError::TooLarge(reason) => Error::ArchiveTooLarge {
+                    project,
+                    file: filename,
+                    reason,
+                },
+                ArchiveError::Invalid(reason) => Error::InvalidMetadata {
+                    project,
+                    file: filename,
+                    reason,
+                },
+            })
+        }
+    }
+
     /// Core metadata of a file: cached by the file's sha256, else the PEP 658 file, else
     /// read from the downloaded archive (which then stays in the cache).
     pub async fn metadata(&self, project: &str, file: &IndexFile) -> Result<FileMetadata> {
-        let sha256 = self.file_sha256(project, file)?.to_ascii_lowercase();
+        let sha256 = self.validate_file(project, file)?;
         self.metadata
             .get_or_try_init(&sha256, || self.load_metadata(project, file, &sha256))
             .await
@@ -335,8 +480,9 @@ impl IndexClient {
             reason,
         };
         let (served, metadata_sha256) = file.metadata_available();
-        let text = if served {
-            let url = Url::parse(&format!("{}.metadata", self.file_url(project, file)?))
+        // Metadata without a hash is read from the verified archive instead.
+        let text = if served && metadata_sha256.is_some() {
+            let url = Url::parse(&format!("{}.metadata", self.fetch_url(project, file)?))
                 .map_err(|e| invalid(e.to_string()))?;
             match self.fetch(project, &url, false).await? {
                 Fetched::Found(bytes) => {
@@ -362,18 +508,20 @@ impl IndexClient {
             Some(text) => text,
             None => {
                 let (path, _) = self.download(project, file).await?;
-                let filename = file.filename.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    if from_sdist {
-                        archive::read_sdist(&path, &filename)
-                            .map(|info| (info.pkg_info, Some(info.build_requires)))
-                    } else {
-                        archive::read_wheel_metadata(&path).map(|text| (Some(text), None))
-                    }
-                })
-                .await
-                .map_err(|e| invalid(e.to_string()))?
-                .map_err(invalid)?;
+                let read = if from_sdist {
+                    let info =
+                        tokio::task::spawn_blocking(self.read_sdist_blocking(project, file, path))
+                            .await
+                            .map_err(|e| invalid(e.to_string()))??;
+                    (info.pkg_info, Some(info.build_requires))
+                } else {
+                    let text =
+                        tokio::task::spawn_blocking(move || archive::read_wheel_metadata(&path))
+                            .await
+                            .map_err(|e| invalid(e.to_string()))?
+                            .map_err(invalid)?;
+                    (Some(text), None)
+                };
                 if let (true, Some(requires)) = (from_sdist, &read.1) {
                     self.cache.put_build_requirements(sha256, requires)?;
                 }
@@ -387,21 +535,14 @@ impl IndexClient {
 
     /// `[build-system].requires` of an sdist (downloading it if needed).
     pub async fn build_requirements(&self, project: &str, file: &IndexFile) -> Result<Vec<String>> {
-        let sha256 = self.file_sha256(project, file)?.to_ascii_lowercase();
+        let sha256 = self.validate_file(project, file)?;
         if let Some(requires) = self.cache.build_requirements(&sha256) {
             return Ok(requires);
         }
         let (path, _) = self.download(project, file).await?;
-        let filename = file.filename.clone();
-        let info = tokio::task::spawn_blocking(move || archive::read_sdist(&path, &filename))
+        let info = tokio::task::spawn_blocking(self.read_sdist_blocking(project, file, path))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|read| read)
-            .map_err(|reason| Error::InvalidMetadata {
-                project: project.to_string(),
-                file: file.filename.clone(),
-                reason,
-            })?;
+            .map_err(|e| Error::Internal(format!("reading {}: {e}", file.filename)))??;
         self.cache
             .put_build_requirements(&sha256, &info.build_requires)?;
         Ok(info.build_requires)
@@ -410,7 +551,7 @@ impl IndexClient {
     /// The file's path in the cache, downloading and verifying it first if needed;
     /// the flag says whether it was already cached.
     pub async fn download(&self, project: &str, file: &IndexFile) -> Result<(PathBuf, bool)> {
-        let expected = self.file_sha256(project, file)?.to_ascii_lowercase();
+        let expected = self.validate_file(project, file)?;
         if let Some(path) = self.cache.blob(&expected) {
             return Ok((path, true));
         }
@@ -433,7 +574,7 @@ impl IndexClient {
         if let Some(path) = self.cache.blob(expected) {
             return Ok(path);
         }
-        let url = self.file_url(project, file)?;
+        let url = self.fetch_url(project, file)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -479,6 +620,7 @@ impl IndexClient {
                 }
                 Err(e) => return Err(Error::io("reading index file", path, e)),
             };
+            self.count_bytes(project, file, bytes.len())?;
             hasher.update(&bytes);
             writer.write_all(&bytes).await.map_err(write_error)?;
         } else {
@@ -486,6 +628,7 @@ impl IndexClient {
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| unreachable_error(project, url, &e))?;
+                self.count_bytes(project, file, chunk.len())?;
                 hasher.update(&chunk);
                 writer.write_all(&chunk).await.map_err(write_error)?;
             }
@@ -507,6 +650,21 @@ impl IndexClient {
             .expect("not poisoned")
             .insert(expected.to_string());
         Ok(path)
+    }
+
+    /// Adds `bytes` to what this client fetched; past the budget, the download stops.
+    fn count_bytes(&self, project: &str, file: &IndexFile, bytes: usize) -> Result<()> {
+        let bytes = bytes as u64;
+        let downloaded = self.downloaded.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if downloaded > self.budgets.max_bytes {
+            return Err(Error::DownloadTooLarge {
+                project: project.to_string(),
+                file: file.filename.clone(),
+                downloaded,
+                limit: self.budgets.max_bytes,
+            });
+        }
+        Ok(())
     }
 
     async fn send(&self, project: &str, url: &Url, page: bool) -> Result<reqwest::Response> {
@@ -547,14 +705,24 @@ impl IndexClient {
             attempt += 1;
             let result = async {
                 let response = self.send(project, url, page).await?;
-                response
-                    .bytes()
-                    .await
-                    .map_err(|e| unreachable_error(project, url, &e))
+                let mut stream = response.bytes_stream();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| unreachable_error(project, url, &e))?;
+                    if bytes.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                        return Err(Error::InvalidIndexPage {
+                            project: project.to_string(),
+                            url: url.to_string(),
+                            reason: format!("larger than {MAX_DOCUMENT_BYTES} bytes"),
+                        });
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(bytes)
             }
             .await;
             match result {
-                Ok(bytes) => return Ok(Fetched::Found(bytes.to_vec())),
+                Ok(bytes) => return Ok(Fetched::Found(bytes)),
                 Err(Error::HttpStatus {
                     status: 404 | 410, ..
                 }) => return Ok(Fetched::NotFound),
@@ -590,5 +758,34 @@ fn unreachable_error(project: &str, url: &Url, error: &reqwest::Error) -> Error 
         project: project.to_string(),
         url: url.to_string(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_file_names_pass() {
+        for plain in [
+            "six-1.16.0-py2.py3-none-any.whl",
+            "docopt-0.6.2.tar.gz",
+            "a..b-1.0.zip",
+        ] {
+            assert_eq!(unsafe_file_name(plain), None, "{plain}");
+        }
+        for (name, reason) in [
+            ("", "empty"),
+            ("/etc/passwd", "an absolute path"),
+            ("\\\\server\\x.whl", "an absolute path"),
+            ("../x-1.0.tar.gz", "a path, not a file name"),
+            ("dist/x-1.0.tar.gz", "a path, not a file name"),
+            ("..", "a dot file or a parent directory"),
+            (".hidden-1.0.tar.gz", "a dot file or a parent directory"),
+            ("x\n-1.0.tar.gz", "a name with control characters"),
+        ] {
+            assert_eq!(unsafe_file_name(name), Some(reason), "{name:?}");
+        }
+        assert!(unsafe_file_name(&"a".repeat(256)).is_some());
     }
 }

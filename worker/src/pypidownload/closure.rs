@@ -17,9 +17,10 @@ use pep508_rs::{Requirement, VerbatimUrl, VersionOrUrl};
 use pyti_guest::layout;
 use serde::{Deserialize, Serialize};
 
+use super::budget::Budgets;
 use super::cache::Cache;
 use super::checks::{run_checks, MetadataChecks};
-use super::client::{IndexClient, Mode, PYPI_SIMPLE};
+use super::client::{unsafe_file_name, IndexClient, Mode, PYPI_SIMPLE};
 use super::coremeta::CoreMetadata;
 use super::error::{Error, Result};
 use super::index::{normalize_name, FileKind, IndexFile};
@@ -54,6 +55,9 @@ pub struct Request {
     /// is only a label. Default: none.
     #[serde(default)]
     pub local_distribution: Option<PathBuf>,
+    /// What the step may cost. Default: [`Budgets::default`].
+    #[serde(default)]
+    pub budgets: Budgets,
 }
 
 impl Request {
@@ -67,6 +71,7 @@ impl Request {
             include_sources: true,
             parallel_downloads: 8,
             local_distribution: None,
+            budgets: Budgets::default(),
         }
     }
 
@@ -111,6 +116,12 @@ impl Request {
                 project_version.trim()
             ))
         }
+    }
+
+    /// The same request under other budgets.
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     /// The same request against another index.
@@ -245,8 +256,27 @@ impl ResolvedSet {
 }
 
 /// Resolves the request's closure and its tools for `target`, downloads every file into
-/// `cache` and, with a `dest`, places them under `dest/{dist,wheels,tools}/`.
+/// `cache` and, with a `dest`, places them under `dest/{dist,wheels,tools}/`, all within
+/// the request's time budget.
 pub async fn resolve_and_download(
+    request: &Request,
+    target: &TargetEnv,
+    cache: &Cache,
+    dest: Option<&Path>,
+) -> Result<ResolvedSet> {
+    let limit = request.budgets.max_resolution();
+    tokio::time::timeout(
+        limit,
+        resolve_and_download_untimed(request, target, cache, dest),
+    )
+    .await
+    .map_err(|_| Error::ResolutionTimeout {
+        request: request.requirement.clone(),
+        limit_s: request.budgets.max_resolution_s,
+    })?
+}
+
+async fn resolve_and_download_untimed(
     request: &Request,
     target: &TargetEnv,
     cache: &Cache,
@@ -330,12 +360,15 @@ async fn run(
     cache: &Cache,
     mode: Mode,
 ) -> Result<ResolvedSet> {
-    let client = Arc::new(IndexClient::new(
-        &request.index_url,
-        cache.clone(),
-        mode,
-        request.parallel_downloads,
-    )?);
+    let client = Arc::new(
+        IndexClient::new(
+            &request.index_url,
+            cache.clone(),
+            mode,
+            request.parallel_downloads,
+        )?
+        .with_budgets(request.budgets),
+    );
     let root_name = normalize_name(requirement.name.as_ref());
     let main = resolver::resolve(
         client.clone(),
@@ -403,6 +436,15 @@ async fn run(
     let mut requirements_unknown: BTreeSet<String> =
         main.requirements_unknown.iter().cloned().collect();
     requirements_unknown.extend(tools.requirements_unknown);
+
+    let files = main.packages.len() + usize::from(sources.is_some()) + tool_packages.len();
+    if files > request.budgets.max_files {
+        return Err(Error::ClosureTooLarge {
+            request: request.requirement.clone(),
+            files,
+            limit: request.budgets.max_files,
+        });
+    }
 
     let fetch = |role: Role, name: String, version: String, file: IndexFile| {
         let client = client.clone();
@@ -502,6 +544,18 @@ async fn run(
 /// Places every file under `dest/<role directory>/<filename>`: a hard link to the cache
 /// when possible (same file system), a copy otherwise.
 async fn place(set: &mut ResolvedSet, dest: &Path) -> Result<()> {
+    // The client refused unsafe names already; a name that is a path still never
+    // leaves `dest`.
+    if let Some(file) = set
+        .files()
+        .find(|file| unsafe_file_name(&file.filename).is_some())
+    {
+        return Err(Error::Internal(format!(
+            "refusing to place {:?} under {}",
+            file.filename,
+            dest.display()
+        )));
+    }
     let plan: Vec<(PathBuf, PathBuf)> = set
         .files()
         .map(|file| {

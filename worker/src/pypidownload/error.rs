@@ -109,13 +109,98 @@ pub enum Error {
 
     /// The index lists a file without a sha256, so its bytes cannot be verified.
     #[error(
-        "project {project:?}: the index gives no sha256 for {file}; refusing unverifiable bytes"
+        "project {project:?}: the index {index} gives no sha256 for {file}; refusing unverifiable bytes"
     )]
     MissingHash {
+        /// The index URL.
+        index: String,
         /// Normalised project name.
         project: String,
         /// File name.
         file: String,
+    },
+
+    /// A file name on a project page is not a plain file name (a path, `..`, empty).
+    #[error("project {project:?}: the index {index} lists the file name {file:?}, which is {reason}; refusing the page (a hostile or broken index)")]
+    UnsafeFileName {
+        /// The index URL.
+        index: String,
+        /// Normalised project name.
+        project: String,
+        /// The file name as listed.
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A file on a project page is not a wheel or sdist of that project.
+    #[error("project {project:?}: the index {index} lists {file:?}, {reason}; refusing to use it")]
+    ForeignFile {
+        /// The index URL.
+        index: String,
+        /// Normalised project name.
+        project: String,
+        /// The file name as listed.
+        file: String,
+        /// Whose it is, or why it is no distribution name.
+        reason: String,
+    },
+
+    /// A file URL leaves the index's scheme family (`file://` from an HTTP index).
+    #[error("the index {index} points {file:?} at {url}: {reason}; refusing to fetch it")]
+    UrlNotAllowed {
+        /// The index URL.
+        index: String,
+        /// The file name.
+        file: String,
+        /// The URL it points at.
+        url: String,
+        /// Which indexes may give such a URL.
+        reason: String,
+    },
+
+    /// The resolved set has more files than the budget allows.
+    #[error("{request}: the resolved set has {files} files, more than the limit of {limit}; raise max_closure_files in [config] if this closure is genuine")]
+    ClosureTooLarge {
+        /// The request.
+        request: String,
+        /// Files in the set.
+        files: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The download step fetched more bytes than the budget allows.
+    #[error("project {project:?}: downloading {file} passes the limit of {limit} bytes for one job (already {downloaded}); raise max_download_bytes in [config] if this closure is genuine")]
+    DownloadTooLarge {
+        /// Normalised project name.
+        project: String,
+        /// The file being downloaded.
+        file: String,
+        /// Bytes fetched so far, this file included.
+        downloaded: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// Resolution and download took longer than the budget allows.
+    #[error("{request}: resolving and downloading took longer than {limit_s} s; the index is too slow or the closure too large (max_resolution_s in [config])")]
+    ResolutionTimeout {
+        /// The request.
+        request: String,
+        /// The limit in seconds.
+        limit_s: u64,
+    },
+
+    /// An sdist expands past the archive limits while it is read (a decompression bomb).
+    #[error("project {project:?}: {file} is refused: {reason}")]
+    ArchiveTooLarge {
+        /// Normalised project name.
+        project: String,
+        /// File name.
+        file: String,
+        /// How far it got and which limit it passed.
+        reason: String,
     },
 
     /// The project page of the index is malformed.

@@ -15,6 +15,7 @@
 //! whole step) and [`cli`] (`pyti-worker download`). Design notes: docs/pypidownload.md.
 
 pub mod archive;
+pub mod budget;
 pub mod cache;
 pub mod checks;
 pub mod cli;
@@ -29,7 +30,8 @@ pub mod selection;
 pub mod tags;
 pub mod tools;
 
-pub use cache::Cache;
+pub use budget::Budgets;
+pub use cache::{Cache, CachePin, CacheStats, PruneReport};
 pub use checks::{CheckStatus, MetadataChecks};
 pub use client::PYPI_SIMPLE;
 pub use closure::{

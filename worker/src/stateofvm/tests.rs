@@ -274,6 +274,10 @@ fn drain_refuses_new_leases_and_zeroes_ready_in_every_view() {
         version,
         "draining twice changes nothing"
     );
+    // A job accepted before the drain, back from its download, still gets a slot.
+    let back = pool.reacquire("linux-debian", "job-1").unwrap();
+    assert_eq!(back.state(), SlotState::Preparing);
+    back.release_unused().unwrap();
 }
 
 #[test]
