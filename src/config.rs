@@ -192,6 +192,11 @@ impl IniFile {
             .unwrap_or_default()
     }
 
+    /// `key` as `true` or `false`.
+    pub fn get_bool(&self, section: &str, key: &str) -> Result<Option<bool>> {
+        self.get_parsed(section, key, "true or false")
+    }
+
     /// An error about `key` in `section` of this file.
     pub fn value_error(&self, section: &str, key: &str, message: String) -> Error {
         Error::ConfigValue {
@@ -200,6 +205,24 @@ impl IniFile {
             key: key.to_owned(),
             message,
         }
+    }
+}
+
+/// The `cert`, `key` and `ca` of `section` (all three, or none: `None`).
+pub fn tls_files(file: &IniFile, section: &str) -> Result<Option<crate::trust::TlsFiles>> {
+    let keys = ["cert", "key", "ca"].map(|k| file.get(section, k));
+    match keys {
+        [None, None, None] => Ok(None),
+        [Some(cert), Some(key), Some(ca)] => Ok(Some(crate::trust::TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            ca: PathBuf::from(ca),
+        })),
+        _ => Err(file.value_error(
+            section,
+            "cert",
+            "give cert, key and ca together (from `pyti ca init` and `pyti ca issue`)".to_owned(),
+        )),
     }
 }
 

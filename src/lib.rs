@@ -6,6 +6,8 @@ pub mod error;
 pub mod grpc;
 pub mod model;
 pub mod proto;
+pub mod redact;
 pub mod telemetry;
+pub mod trust;
 
 pub use error::Error;

@@ -15,6 +15,15 @@ use pyti::proto::{self, JobState};
 #[derive(Debug, Parser)]
 #[command(name = "pyti", version)]
 struct Cli {
+    #[command(flatten)]
+    connect: ConnectOptions,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach the master.
+#[derive(Debug, clap::Args)]
+struct ConnectOptions {
     /// The master's gRPC address.
     #[arg(
         long,
@@ -23,8 +32,30 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     master: String,
-    #[command(subcommand)]
-    command: Command,
+    /// The farm CA certificate, to check the master's (turns TLS on).
+    #[arg(long, global = true, env = "PYTI_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This client's certificate (`pyti ca issue DIR client NAME --role ROLE`).
+    #[arg(
+        long,
+        global = true,
+        env = "PYTI_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    cert: Option<PathBuf>,
+    /// This client's private key.
+    #[arg(
+        long,
+        global = true,
+        env = "PYTI_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
+    /// A bearer token (`pyti token create`); prefer the environment to the command line.
+    #[arg(long, global = true, env = "PYTI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +132,65 @@ enum Command {
     },
     /// List workers and their VM capacity.
     Workers,
+    /// The farm CA: make it, issue certificates, look at one.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Client bearer tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make a farm CA: DIR/ca.pem and DIR/ca.key (mode 0600).
+    Init {
+        dir: PathBuf,
+        /// Days it stays valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate from the CA in DIR: `master`, `worker NAME` or
+    /// `client NAME --role read|submit|admin`; writes DIR/<what>[-NAME].pem and .key.
+    Issue {
+        dir: PathBuf,
+        /// master, worker or client.
+        kind: String,
+        /// The worker's id or the client's name.
+        name: Option<String>,
+        /// The client's role: read, submit or admin.
+        #[arg(long)]
+        role: Option<String>,
+        /// Host names clients dial (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Addresses clients dial (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Days it stays valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Who a certificate makes its holder, and its DNS names.
+    Info { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; prints it once (the master keeps only a hash).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read, submit or admin.
+        #[arg(long)]
+        role: String,
+        /// Days until it expires; 0 never.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    /// Revoke the token named NAME.
+    Revoke { name: String },
+    /// List tokens (never their secrets).
+    List,
 }
 
 #[tokio::main]
@@ -116,8 +206,166 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A channel to the master with the credentials given (TLS when `--ca` is).
+type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer ...` when a token is given.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(cli: &ConnectOptions) -> anyhow::Result<Conn> {
+    let tls = match &cli.ca {
+        Some(ca) => {
+            let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+            Some(
+                pyti::trust::tls::client_config(ca, identity, pyti::trust::MASTER_NAME)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+        None if cli.cert.is_some() => {
+            anyhow::bail!("--cert needs --ca (the farm CA certificate) to check the master")
+        }
+        None => None,
+    };
+    let channel = pyti::trust::tls::endpoint(&cli.master, tls)
+        .map_err(anyhow::Error::msg)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the master at {}", cli.master))?;
+    let bearer = match &cli.token {
+        Some(token) => Some(
+            format!("Bearer {}", token.trim())
+                .parse()
+                .context("the token is not ASCII")?,
+        ),
+        None => None,
+    };
+    Ok(Conn::new(channel, Bearer(bearer)))
+}
+
+async fn jobs_client(cli: &ConnectOptions) -> anyhow::Result<JobServiceClient<Conn>> {
+    Ok(JobServiceClient::new(connect(cli).await?)
+        .max_decoding_message_size(pyti::grpc::MAX_ENCODE_BYTES))
+}
+
+async fn registry_client(cli: &ConnectOptions) -> anyhow::Result<WorkerRegistryClient<Conn>> {
+    Ok(WorkerRegistryClient::new(connect(cli).await?))
+}
+
+fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
+    use pyti::trust::ca::{self, Issue, Subject};
+    match command {
+        CaCommand::Init { dir, days } => {
+            let (cert, key) = ca::init(&dir, days).map_err(anyhow::Error::msg)?;
+            println!("{}\n{}", cert.display(), key.display());
+        }
+        CaCommand::Issue {
+            dir,
+            kind,
+            name,
+            role,
+            dns,
+            ip,
+            days,
+        } => {
+            let subject = match (kind.as_str(), name, role) {
+                ("master", None, None) => Subject::Master,
+                ("worker", Some(name), None) => Subject::Worker(name),
+                ("client", Some(name), Some(role)) => Subject::Client(
+                    name,
+                    pyti::trust::Role::parse(&role).map_err(anyhow::Error::msg)?,
+                ),
+                _ => anyhow::bail!(
+                    "say `master`, `worker NAME` or `client NAME --role read|submit|admin`"
+                ),
+            };
+            let (cert, key) = ca::issue(
+                &dir,
+                &Issue {
+                    subject,
+                    dns,
+                    ips: ip,
+                    days,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+            println!("{}\n{}", cert.display(), key.display());
+        }
+        CaCommand::Info { file } => {
+            let (principal, names) = ca::info(&file).map_err(anyhow::Error::msg)?;
+            println!("{principal}");
+            for name in names {
+                println!("  DNS:{name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token_command(cli: &ConnectOptions, command: &TokenCommand) -> anyhow::Result<ExitCode> {
+    let mut client = proto::token_service_client::TokenServiceClient::new(connect(cli).await?);
+    match command {
+        TokenCommand::Create { name, role, days } => {
+            let answer = client
+                .create_token(proto::CreateTokenRequest {
+                    name: name.clone(),
+                    role: role.clone(),
+                    days: *days,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            eprintln!("token {name} ({role}); shown once, keep it secret:");
+            println!("{}", answer.token);
+        }
+        TokenCommand::Revoke { name } => {
+            let answer = client
+                .revoke_token(proto::RevokeTokenRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if !answer.revoked {
+                anyhow::bail!("no live token named {name}");
+            }
+            println!("{name}  revoked");
+        }
+        TokenCommand::List => {
+            let answer = client
+                .list_tokens(proto::ListTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{:<24}  {:<7}  {:<16}  STATUS", "NAME", "ROLE", "ID");
+            for token in answer.tokens {
+                let status = if token.revoked { "revoked" } else { "live" };
+                println!(
+                    "{:<24}  {:<7}  {:<16}  {status}",
+                    token.name, token.role, token.token_id
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Ca(command) => ca_command(command),
+        Command::Token(command) => token_command(&cli.connect, &command).await,
         Command::Validate { file } => Ok(validate(&file)),
         Command::Submit {
             job,
@@ -132,13 +380,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 JobSpec::from_requirement(&job, recipe.as_deref(), platform.as_deref(), &variants)?
             };
-            let mut client = JobServiceClient::connect(cli.master.clone())
-                .await
-                .with_context(|| format!("cannot reach the master at {}", cli.master))?;
+            let mut client = jobs_client(&cli.connect).await?;
             let response = client
                 .submit_job(proto::SubmitJobRequest {
                     spec: Some(spec.into()),
                     queue_without_capacity: queue_anyway,
+                    idempotency_key: uuid::Uuid::new_v4().to_string(),
                 })
                 .await
                 .map_err(status_error)?
@@ -156,11 +403,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { job_id } => {
-            let mut client = jobs_client(&cli.master).await?;
+            let mut client = jobs_client(&cli.connect).await?;
             watch_job(&mut client, &job_id).await
         }
         Command::Results { job_id, json } => {
-            let mut client = jobs_client(&cli.master).await?;
+            let mut client = jobs_client(&cli.connect).await?;
             let results = client
                 .get_results(proto::GetResultsRequest { job_id })
                 .await
@@ -170,7 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { job_id, reason } => {
-            let mut client = jobs_client(&cli.master).await?;
+            let mut client = jobs_client(&cli.connect).await?;
             let job = client
                 .cancel_job(proto::CancelJobRequest { job_id, reason })
                 .await
@@ -187,9 +434,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Drain { worker_id } => {
-            let mut client = WorkerRegistryClient::connect(cli.master.clone())
-                .await
-                .with_context(|| format!("cannot reach the master at {}", cli.master))?;
+            let mut client = registry_client(&cli.connect).await?;
             client
                 .drain_worker(proto::DrainWorkerRequest {
                     worker_id: worker_id.clone(),
@@ -206,7 +451,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             page_token,
         } => {
-            let mut client = jobs_client(&cli.master).await?;
+            let mut client = jobs_client(&cli.connect).await?;
             let states = states
                 .iter()
                 .map(|s| parse_state(s))
@@ -248,9 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Workers => {
-            let mut client = WorkerRegistryClient::connect(cli.master.clone())
-                .await
-                .with_context(|| format!("cannot reach the master at {}", cli.master))?;
+            let mut client = registry_client(&cli.connect).await?;
             let response = client
                 .list_workers(proto::ListWorkersRequest {})
                 .await
@@ -287,17 +530,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn jobs_client(master: &str) -> anyhow::Result<JobServiceClient<tonic::transport::Channel>> {
-    JobServiceClient::connect(master.to_owned())
-        .await
-        .with_context(|| format!("cannot reach the master at {master}"))
-}
-
 /// Prints a job's events until it ends; exit 0 when it succeeded.
-async fn watch_job(
-    client: &mut JobServiceClient<tonic::transport::Channel>,
-    job_id: &str,
-) -> anyhow::Result<ExitCode> {
+async fn watch_job(client: &mut JobServiceClient<Conn>, job_id: &str) -> anyhow::Result<ExitCode> {
     use tokio_stream::StreamExt;
     let mut events = client
         .watch_job(proto::WatchJobRequest {

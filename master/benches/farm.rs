@@ -1,7 +1,8 @@
 //! Jobs per second through the whole farm (SubmitJob → RabbitMQ → scheduler → worker
 //! queue → worker → ReportResults → store), next to a bare lapin publish / confirm /
-//! consume / ack loop of the same messages measured in the same run, and the
-//! scheduler's decision time over 1,000 simulated workers.
+//! consume / ack loop of the same messages measured in the same run, the same farm
+//! with every process on mutual TLS (the cost of mTLS), and the scheduler's decision
+//! time over 1,000 simulated workers.
 //!
 //! Needs RabbitMQ on 127.0.0.1:5672. `cargo bench -p pyti-master --bench farm`
 //! (`PYTI_BENCH_JOBS` sets the batch size, default 400).
@@ -33,6 +34,7 @@ fn message(n: usize) -> Vec<u8> {
         attempt: 1,
         submitted_at: Some(pyti::grpc::now_timestamp()),
         reason: "submitted".into(),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -127,10 +129,10 @@ async fn bare_lapin(jobs: usize) -> Duration {
 }
 
 /// Submits `jobs` jobs (`IN_FLIGHT` SubmitJob calls at once) to an in-process master
-/// with one worker whose executor answers at once; returns the time until every job
-/// has its results stored.
-async fn whole_farm(jobs: usize) -> Duration {
-    let farm = TestFarm::builder().lease_s(60).start().await;
+/// with one worker whose executor answers at once, every call on mutual TLS when
+/// `mtls`; returns the time until every job has its results stored.
+async fn whole_farm(jobs: usize, mtls: bool) -> Duration {
+    let farm = TestFarm::builder().lease_s(60).mtls_if(mtls).start().await;
     farm.worker("bench").slots(32).run_ms(0).start().await;
     let client = farm.jobs().await;
     wait_offered(&client, PLATFORM, Duration::from_secs(20)).await;
@@ -271,7 +273,8 @@ fn main() {
         // Warm up connections and caches, then measure.
         bare_lapin(50).await;
         let bare = bare_lapin(jobs).await;
-        let farm = whole_farm(jobs).await;
+        let farm = whole_farm(jobs, false).await;
+        let mtls = whole_farm(jobs, true).await;
         let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
         println!("bare lapin publish/confirm/consume/ack: {jobs} messages in {:.2} s = {:.0} msg/s", bare.as_secs_f64(), rate(bare));
         println!(
@@ -280,6 +283,12 @@ fn main() {
             rate(farm)
         );
         println!("farm / bare lapin: {:.2} (each job crosses RabbitMQ twice and the store five times)", rate(farm) / rate(bare));
+        println!(
+            "whole farm on mutual TLS (every call authenticated by certificate): {jobs} jobs in {:.2} s = {:.0} jobs/s",
+            mtls.as_secs_f64(),
+            rate(mtls)
+        );
+        println!("mutual TLS / plaintext: {:.2} (the cost of mTLS on the farm)", rate(mtls) / rate(farm));
     });
     scheduler_decisions();
 }

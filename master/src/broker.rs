@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection to RabbitMQ right now.
-    #[error("RabbitMQ at {url} is unreachable: {message}")]
+    #[error("RabbitMQ at {} is unreachable: {message}", pyti::redact::url(url))]
     Unavailable { url: String, message: String },
     /// RabbitMQ refused an operation.
     #[error("RabbitMQ: {action}: {source}")]
@@ -184,7 +184,7 @@ impl Broker {
             match self.connect(generation).await {
                 Ok((session, lost)) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!(generation, url = %self.url, "Connected to RabbitMQ");
+                    tracing::info!(generation, url = %pyti::redact::url(&self.url), "Connected to RabbitMQ");
                     let session = Arc::new(session);
                     sender.send_replace(Some(Arc::clone(&session)));
                     let mut poll = tokio::time::interval(Duration::from_millis(500));
@@ -339,6 +339,75 @@ impl Broker {
                 message: format!("no connection within {} s", wait.as_secs()),
             }),
         }
+    }
+
+    /// Deletes `queue` if no message is in it and nothing consumes it; whether it did.
+    /// Quorum queues refuse `if-empty` and `if-unused` (with a connection error), so
+    /// the counts are read first: only the master publishes to a worker's queue, and
+    /// it publishes to none it is about to delete (see `Workers::expire_silent`).
+    pub async fn delete_if_unused(&self, queue: &str) -> BrokerResult<bool> {
+        let session = self.session(Duration::from_secs(5)).await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        // A missing queue closes this channel only.
+        let Ok(found) = channel
+            .queue_declare(queue, passive, FieldTable::default())
+            .await
+        else {
+            return Ok(false);
+        };
+        let unused = found.message_count() == 0 && found.consumer_count() == 0;
+        if unused {
+            channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await
+                .map_err(amqp(format!("deleting queue {queue}")))?;
+            session
+                .declared
+                .lock()
+                .expect("declared lock")
+                .remove(queue);
+            self.known_queues
+                .lock()
+                .expect("queue list lock")
+                .remove(queue);
+        }
+        if let Err(error) = channel.close(200, "done").await {
+            tracing::debug!(%error, "Closing the deleting channel");
+        }
+        Ok(unused)
+    }
+
+    /// Whether `queue` exists (asked on a channel of its own, which RabbitMQ closes
+    /// when it does not).
+    pub async fn queue_exists(&self, queue: &str) -> BrokerResult<bool> {
+        let session = self.session(Duration::from_secs(5)).await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let exists = channel
+            .queue_declare(queue, options, FieldTable::default())
+            .await
+            .is_ok();
+        if exists {
+            if let Err(error) = channel.close(200, "asked").await {
+                tracing::debug!(%error, "Closing the asking channel");
+            }
+        }
+        Ok(exists)
     }
 
     /// A receiver that changes whenever the session does.

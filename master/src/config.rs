@@ -4,6 +4,11 @@
 //! [config]
 //! listen = 127.0.0.1:50051
 //! database = /var/lib/pyti-master/pyti.sqlite   ; or postgres://host/db
+//!
+//! [tls]                       ; from `pyti ca init` / `pyti ca issue DIR master`
+//! cert = /etc/pyti/master.pem
+//! key = /etc/pyti/master.key
+//! ca = /etc/pyti/ca.pem
 //! ```
 //!
 //! Every option has a default that works on one machine, so a master starts with no file.
@@ -15,7 +20,7 @@ use pyti::config::{default_state_dir, running_as_root, IniFile};
 
 use crate::error::Result;
 
-const CONFIG_KEYS: [&str; 9] = [
+const CONFIG_KEYS: [&str; 10] = [
     "pyti_master_root",
     "listen",
     "amqp_url",
@@ -25,7 +30,10 @@ const CONFIG_KEYS: [&str; 9] = [
     "max_attempts",
     "index_url",
     "log_format",
+    "insecure",
 ];
+
+const TLS_KEYS: [&str; 3] = ["cert", "key", "ca"];
 
 /// The whole master configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +57,11 @@ pub struct MasterConfig {
     pub index_url: String,
     /// `text` or `json` log lines. Default: `text`.
     pub log_json: bool,
+    /// `[tls]`: the master's certificate and key and the farm CA; without it the master
+    /// serves plaintext, unauthenticated, and only on loopback unless `insecure`.
+    pub tls: Option<pyti::trust::TlsFiles>,
+    /// Serve a non-loopback address without TLS anyway (loudly). Default: false.
+    pub insecure: bool,
 }
 
 impl MasterConfig {
@@ -60,8 +73,11 @@ impl MasterConfig {
 
     /// Builds the configuration from a parsed file and an environment lookup.
     pub fn from_ini(file: &IniFile, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        file.check_sections(&["config"], &[])?;
+        file.check_sections(&["config", "tls"], &[])?;
         file.check_keys("config", &CONFIG_KEYS)?;
+        file.check_keys("tls", &TLS_KEYS)?;
+        let tls = pyti::config::tls_files(file, "tls")?;
+        let insecure = file.get_bool("config", "insecure")?.unwrap_or(false);
         let c = "config";
         let root = env("PYTI_MASTER_ROOT")
             .filter(|r| !r.is_empty())
@@ -97,6 +113,8 @@ impl MasterConfig {
                 .to_owned(),
             log_json,
             root,
+            tls,
+            insecure,
         })
     }
 }

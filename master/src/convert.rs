@@ -109,11 +109,21 @@ pub fn results(results: &JobResults) -> proto::JobResults {
 
 /// A job to submit, validated.
 pub fn submission(request: proto::SubmitJobRequest) -> Result<Submission> {
+    if request.idempotency_key.len() > MAX_KEY_BYTES {
+        return Err(Error::BadRequest(format!(
+            "idempotency_key is {} bytes; at most {MAX_KEY_BYTES}",
+            request.idempotency_key.len()
+        )));
+    }
     Ok(Submission {
         spec: JobSpec::try_from(request.spec.unwrap_or_default())?,
         queue_without_capacity: request.queue_without_capacity,
+        idempotency_key: request.idempotency_key,
     })
 }
+
+/// The longest idempotency key a `SubmitJob` may carry.
+pub const MAX_KEY_BYTES: usize = 128;
 
 /// Which jobs a `ListJobs` request asks for.
 pub fn list_query(request: &proto::ListJobsRequest) -> Result<ListQuery> {
@@ -161,6 +171,7 @@ pub fn start_key(request: &proto::StartJobRequest) -> LeaseKey {
         worker_id: request.worker_id.clone(),
         job_id: request.job_id.clone(),
         attempt: request.attempt,
+        lease_id: request.lease_id.clone(),
     }
 }
 
@@ -170,6 +181,7 @@ pub fn renew_key(request: &proto::RenewLeaseRequest) -> LeaseKey {
         worker_id: request.worker_id.clone(),
         job_id: request.job_id.clone(),
         attempt: request.attempt,
+        lease_id: request.lease_id.clone(),
     }
 }
 
@@ -197,41 +209,101 @@ pub fn renew_response(renewal: &Renewal) -> proto::RenewLeaseResponse {
     }
 }
 
-/// Reads a whole `ReportResults` stream: a header first, task results and log chunks
-/// (put together by offset), a final record last. `stored_at_ms` is left for the
-/// master to set when it stores them.
+/// A token as listed (never its secret or hash).
+pub fn token_info(row: &crate::store::TokenRow) -> proto::TokenInfo {
+    proto::TokenInfo {
+        name: row.name.clone(),
+        role: row.role.clone(),
+        token_id: row.token_id.clone(),
+        created_at: Some(timestamp(row.created_at_ms)),
+        expires_at: row.expires_at_ms.map(timestamp),
+        revoked: row.revoked_at_ms.is_some(),
+    }
+}
+
+/// At most this many messages in one `ReportResults` stream.
+pub const MAX_RESULTS_MESSAGES: usize = 20_000;
+/// At most this many bytes (task results, logs, the results dict) in one stream.
+pub const MAX_RESULTS_BYTES: usize = 64 * 1024 * 1024;
+
+/// The header a `ReportResults` stream must open with.
+pub async fn results_header(
+    stream: &mut (impl Stream<Item = std::result::Result<proto::ResultsMessage, tonic::Status>> + Unpin),
+) -> Result<proto::ResultsHeader> {
+    use proto::results_message::Message as M;
+    match stream.next().await {
+        Some(Ok(proto::ResultsMessage {
+            message: Some(M::Header(header)),
+        })) => Ok(header),
+        Some(Err(status)) => Err(Error::BadRequest(format!(
+            "results stream broke: {}",
+            status.message()
+        ))),
+        _ => Err(Error::BadRequest(
+            "a results stream needs a header first and a final record last".to_owned(),
+        )),
+    }
+}
+
+/// The rest of a `ReportResults` stream after `header`, checked message by message:
+/// more than [`MAX_RESULTS_MESSAGES`] messages or [`MAX_RESULTS_BYTES`] bytes end it
+/// with [`Error::TooLarge`] at once, before the rest is read.
 pub async fn gather_results(
+    header: proto::ResultsHeader,
     mut stream: impl Stream<Item = std::result::Result<proto::ResultsMessage, tonic::Status>> + Unpin,
 ) -> Result<AttemptResults> {
     use proto::results_message::Message as M;
-    let (mut header, mut last) = (None, None);
+    let mut last = None;
     let mut tasks = Vec::new();
     let mut logs: BTreeMap<String, BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    let mut results_json = Vec::new();
+    let (mut count, mut bytes) = (1_usize, 0_usize);
     while let Some(message) = stream.next().await {
         let message = message
             .map_err(|s| Error::BadRequest(format!("results stream broke: {}", s.message())))?;
+        count += 1;
+        bytes += prost::Message::encoded_len(&message);
+        if count > MAX_RESULTS_MESSAGES || bytes > MAX_RESULTS_BYTES {
+            return Err(Error::TooLarge(format!(
+                "results of job {} attempt {} pass the limit of {MAX_RESULTS_MESSAGES} messages or {} MiB; not stored",
+                header.job_id,
+                header.attempt,
+                MAX_RESULTS_BYTES >> 20
+            )));
+        }
         match message.message {
-            Some(M::Header(h)) => header = Some(h),
+            Some(M::Header(_)) => {
+                return Err(Error::BadRequest(
+                    "a results stream has one header, first".to_owned(),
+                ))
+            }
             Some(M::TaskResult(task)) => tasks.push(task_row(&task)),
             Some(M::LogChunk(chunk)) => {
                 let chunks = logs.entry(chunk.log_name).or_default();
                 chunks.insert(chunk.offset, chunk.data);
             }
+            Some(M::ResultsJsonChunk(chunk)) => results_json.extend_from_slice(&chunk),
             Some(M::Final(f)) => last = Some(f),
             None => {}
         }
     }
-    let (Some(header), Some(last)) = (header, last) else {
+    let Some(last) = last else {
         return Err(Error::BadRequest(
             "a results stream needs a header first and a final record last".to_owned(),
         ));
+    };
+    let results_json = if results_json.is_empty() {
+        last.results_json.clone()
+    } else {
+        String::from_utf8(results_json)
+            .map_err(|_| Error::BadRequest("the results dict is not UTF-8".to_owned()))?
     };
     Ok(AttemptResults {
         outcome: last.outcome(),
         job_id: header.job_id,
         attempt: header.attempt,
         worker_id: header.worker_id,
-        results_json: last.results_json,
+        results_json,
         error: last.error,
         tasks,
         logs: logs
@@ -355,6 +427,7 @@ pub fn queued(job: &JobRow, reason: &str) -> proto::QueuedJob {
         attempt: job.attempt,
         submitted_at: Some(timestamp(job.submitted_at_ms)),
         reason: reason.to_owned(),
+        lease_id: job.lease_id.clone(),
     }
 }
 
@@ -423,6 +496,7 @@ mod tests {
             updated_at_ms: 0,
             lease_deadline_ms: None,
             cancel_requested: false,
+            lease_id: String::new(),
             history: vec![],
         };
         let message = queued(&row, "why").encode_to_vec();

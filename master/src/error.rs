@@ -63,6 +63,18 @@ pub enum Error {
     /// A request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// TLS or token set-up failed.
+    #[error("{0}")]
+    Trust(String),
+    /// The caller may not do this (to this job, as this worker).
+    #[error("{0}")]
+    Denied(String),
+    /// A worker spoke of an attempt the job has left behind.
+    #[error("{0}")]
+    StaleAttempt(String),
+    /// A request went past a limit.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Results of this crate.
@@ -73,7 +85,12 @@ impl From<Error> for Status {
         let code = match &error {
             Error::Model(pyti::Error::JobInvalid { .. } | pyti::Error::JobSyntax { .. })
             | Error::BadRequest(_) => Code::InvalidArgument,
-            Error::Model(_) | Error::Transport(_) | Error::Reflection(_) => Code::Internal,
+            Error::Model(_) | Error::Transport(_) | Error::Reflection(_) | Error::Trust(_) => {
+                Code::Internal
+            }
+            Error::Denied(_) => Code::PermissionDenied,
+            Error::StaleAttempt(_) => Code::FailedPrecondition,
+            Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Store(_) | Error::Broker(_) | Error::IndexUnreachable { .. } => {
                 Code::Unavailable
             }

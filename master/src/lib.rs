@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod tokens;
 pub mod workers;
 
 pub use error::{Error, Result};

@@ -72,6 +72,7 @@ pub fn after_results(
         Finish::Retry => {
             transition.attempt = job.attempt.max(report.attempt) + 1;
             transition.worker_id = String::new();
+            transition.lease_id = String::new();
             transition.outcome = Outcome::Unspecified;
             transition.reason = format!(
                 "farm fault on {} ({}): {}; queued again",
@@ -106,6 +107,7 @@ pub fn after_lapse(job: &JobRow, max_attempts: u32, at_ms: Millis) -> Transition
         Finish::Retry => {
             transition.attempt = job.attempt + 1;
             transition.worker_id = String::new();
+            transition.lease_id = String::new();
             transition.reason = format!("lease lapsed on {}; queued again", job.worker_id);
         }
     }
@@ -179,6 +181,7 @@ mod tests {
             updated_at_ms: 0,
             lease_deadline_ms: Some(0),
             cancel_requested: false,
+            lease_id: String::new(),
             history: vec![],
         }
     }

@@ -23,6 +23,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = MasterConfig::load(cli.config.as_deref())?;
     pyti::telemetry::init(cli.log_json || config.log_json);
+    pyti::trust::check_listen(
+        config.listen,
+        config.tls.is_some(),
+        config.insecure,
+        "pyti-master",
+    )
+    .map_err(anyhow::Error::msg)?;
     // Installed before anything listens: opening the store and recovering jobs takes a
     // moment, and a signal in that moment must still stop the master cleanly.
     use tokio::signal::unix::{signal, SignalKind};
@@ -38,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let (listener, addr) = pyti::grpc::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([config] listen)", config.listen))?;
-    tracing::info!(%addr, database = %config.database, "pyti-master listening");
+    tracing::info!(%addr, database = %pyti::redact::url(&config.database), tls = config.tls.is_some(), "pyti-master listening");
     pyti_master::service::run(
         pyti_master::Settings::from_config(&config),
         &config.database,

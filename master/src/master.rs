@@ -45,7 +45,15 @@ pub struct Settings {
     /// must not change while the farm's queues exist: it is a constant, not derived
     /// from the lease.
     pub worker_queue_ttl: Duration,
+    /// The master's farm identity: it serves with it and presents it to workers.
+    pub tls: Option<pyti::trust::TlsFiles>,
+    /// A registered worker that neither registers again nor reports capacity for this
+    /// long, and holds no job, is forgotten and its (empty) queue deleted.
+    pub worker_expiry: Duration,
 }
+
+/// Default of [`Settings::worker_expiry`].
+pub const WORKER_EXPIRY: Duration = Duration::from_secs(600);
 
 /// Default of [`Settings::worker_queue_ttl`].
 pub const WORKER_QUEUE_TTL: Duration = Duration::from_secs(300);
@@ -62,6 +70,8 @@ impl Settings {
             index_url: config.index_url.clone(),
             reap_interval: (lease / 4).max(Duration::from_millis(250)),
             worker_queue_ttl: WORKER_QUEUE_TTL,
+            tls: config.tls.clone(),
+            worker_expiry: WORKER_EXPIRY,
         }
     }
 }
@@ -112,7 +122,7 @@ impl Master {
             broker.clone(),
             signals.clone(),
             runtime.clone(),
-            settings.lease,
+            (settings.lease, settings.tls.clone()),
         ));
         let jobs = Arc::new(Jobs::new(
             Arc::clone(&store),
@@ -134,6 +144,9 @@ impl Master {
         );
         Arc::new(dispatch).start();
         runtime.spawn(Arc::clone(&jobs).reap_leases());
+        runtime.spawn(
+            Arc::clone(&workers).expire_silent(settings.worker_expiry, settings.reap_interval),
+        );
         Ok(Arc::new(Self {
             workers,
             jobs,

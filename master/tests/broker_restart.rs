@@ -42,7 +42,17 @@ impl Drop for BrokerRestart {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rabbitmq_restart_loses_no_queued_or_running_job() {
-    let farm = TestFarm::builder().lease_s(20).start().await;
+    a_rabbitmq_restart_loses_no_queued_or_running_job_in(false).await;
+}
+
+/// The same with every process on mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rabbitmq_restart_loses_no_queued_or_running_job_over_mtls() {
+    a_rabbitmq_restart_loses_no_queued_or_running_job_in(true).await;
+}
+
+async fn a_rabbitmq_restart_loses_no_queued_or_running_job_in(mtls: bool) {
+    let farm = TestFarm::builder().lease_s(20).mtls_if(mtls).start().await;
     let worker = farm.worker("survivor").slots(2).run_ms(1500).start().await;
     let mut jobs = farm.jobs().await;
     wait_offered(&jobs, PLATFORM, Duration::from_secs(20)).await;

@@ -139,7 +139,7 @@ async fn schedules_by_variant_and_streams_results(farm: FarmBuilder) {
     farm.assert_stored_once(&all).await;
 
     // A second copy of stored results is acknowledged as a duplicate and changes nothing.
-    let copy = results_report(
+    let mut copy = results_report(
         &new_ids[0],
         1,
         &rich_id,
@@ -148,6 +148,17 @@ async fn schedules_by_variant_and_streams_results(farm: FarmBuilder) {
             ..Default::default()
         },
     );
+    // As the worker that ran it would resend it: with the lease id of its assignment.
+    let stored = farm
+        .store()
+        .await
+        .get_job(&new_ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    if let Some(proto::results_message::Message::Header(header)) = &mut copy[0].message {
+        header.lease_id = stored.lease_id;
+    }
     let ack = registry
         .clone()
         .report_results(tokio_stream::iter(copy.clone()))

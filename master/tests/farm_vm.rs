@@ -16,7 +16,20 @@ use pyti_worker::stateofvm::SlotPool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm() {
-    let farm = TestFarm::builder().lease_s(60).max_attempts(2);
+    a_job_from_pypi_runs_in_a_real_vm_through_the_farm_in(false).await;
+}
+
+/// The same with every process on mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm_over_mtls() {
+    a_job_from_pypi_runs_in_a_real_vm_through_the_farm_in(true).await;
+}
+
+async fn a_job_from_pypi_runs_in_a_real_vm_through_the_farm_in(mtls: bool) {
+    let farm = TestFarm::builder()
+        .lease_s(60)
+        .max_attempts(2)
+        .mtls_if(mtls);
     let farm = farm.start().await;
 
     let agent = tokio::task::spawn_blocking(vm::static_agent).await.unwrap();

@@ -14,7 +14,17 @@ use pyti_testkit::wait::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_s_jobs_finish_on_the_other_worker() {
-    let farm = TestFarm::builder().lease_s(3).start().await;
+    a_killed_worker_s_jobs_finish_on_the_other_worker_in(false).await;
+}
+
+/// The same with every process on mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_s_jobs_finish_on_the_other_worker_over_mtls() {
+    a_killed_worker_s_jobs_finish_on_the_other_worker_in(true).await;
+}
+
+async fn a_killed_worker_s_jobs_finish_on_the_other_worker_in(mtls: bool) {
+    let farm = TestFarm::builder().lease_s(3).mtls_if(mtls).start().await;
     let doomed = farm.worker("doomed");
     let doomed_id = doomed.worker_id().to_owned();
     let mut doomed = doomed.slots(2).run_ms(60_000).spawn_process();
@@ -63,9 +73,20 @@ async fn a_killed_worker_s_jobs_finish_on_the_other_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_and_restarted_loses_no_job() {
+    a_master_killed_and_restarted_loses_no_job_in(false).await;
+}
+
+/// The same with every process on mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_killed_and_restarted_loses_no_job_over_mtls() {
+    a_master_killed_and_restarted_loses_no_job_in(true).await;
+}
+
+async fn a_master_killed_and_restarted_loses_no_job_in(mtls: bool) {
     let mut farm = TestFarm::builder()
         .binary(env!("CARGO_BIN_EXE_pyti-master"))
         .lease_s(5)
+        .mtls_if(mtls)
         .start()
         .await;
     let mut jobs = farm.jobs().await;

@@ -33,6 +33,7 @@ async fn started_job(master: &Master) -> LeaseKey {
         .submit(Submission {
             spec,
             queue_without_capacity: true,
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();
@@ -40,6 +41,7 @@ async fn started_job(master: &Master) -> LeaseKey {
         worker_id: "w1".into(),
         job_id: job.job_id,
         attempt: 1,
+        lease_id: String::new(),
     }
 }
 

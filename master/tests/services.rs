@@ -37,6 +37,7 @@ async fn serves_health_reflection_and_says_what_is_missing() {
         .submit_job(SubmitJobRequest {
             spec: Some(spec),
             queue_without_capacity: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -29,7 +29,18 @@ async fn a_restarted_worker_sends_the_results_it_had_spooled() {
         results_json: "{\"spooled\":true}".into(),
         error: String::new(),
     };
-    let messages = results_report(&job.job_id, 1, &id, last);
+    let mut messages = results_report(&job.job_id, 1, &id, last);
+    // With the lease id of its assignment, as the worker spools it.
+    let stored = farm
+        .store()
+        .await
+        .get_job(&job.job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    if let Some(proto::results_message::Message::Header(header)) = &mut messages[0].message {
+        header.lease_id = stored.lease_id;
+    }
     let spool = phoenix.root().join("spool");
     pyti_worker::masterlink::spool::write(&spool, &job.job_id, 1, &messages).unwrap();
     phoenix.start().await;

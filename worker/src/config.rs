@@ -25,7 +25,7 @@ use crate::pypidownload::archive::ArchiveLimits;
 use crate::pypidownload::Budgets;
 use crate::vms::AcceleratorChoice;
 
-const CONFIG_KEYS: [&str; 16] = [
+const CONFIG_KEYS: [&str; 17] = [
     "pyti_slave_root",
     "total_vms",
     "worker_id",
@@ -36,6 +36,7 @@ const CONFIG_KEYS: [&str; 16] = [
     "advertise",
     "index_url",
     "log_format",
+    "insecure",
     "max_closure_files",
     "max_download_bytes",
     "max_resolution_s",
@@ -43,6 +44,8 @@ const CONFIG_KEYS: [&str; 16] = [
     "max_archive_ratio",
     "cache_max_bytes",
 ];
+
+const TLS_KEYS: [&str; 3] = ["cert", "key", "ca"];
 
 const PLATFORM_KEYS: [&str; 9] = [
     "hypervisor",
@@ -89,6 +92,12 @@ pub struct WorkerConfig {
     pub cache_max_bytes: u64,
     /// One entry per `[platform NAME]` section. Default: one `linux-debian` platform.
     pub platforms: Vec<PlatformConfig>,
+    /// `[tls]`: this worker's certificate and key (`pyti ca issue DIR worker ID`) and
+    /// the farm CA. With it, WorkerControl answers only the master, and the worker
+    /// talks to the master over mutual TLS.
+    pub tls: Option<pyti::trust::TlsFiles>,
+    /// Serve a non-loopback `listen` without TLS anyway (loudly). Default: false.
+    pub insecure: bool,
 }
 
 /// How VMs are made for one platform.
@@ -141,7 +150,7 @@ impl WorkerConfig {
 
     /// Builds the configuration from a parsed file and an environment lookup.
     pub fn from_ini(file: &IniFile, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        file.check_sections(&["config"], &["platform"])?;
+        file.check_sections(&["config", "tls"], &["platform"])?;
         file.check_keys("config", &CONFIG_KEYS)?;
         let c = "config";
         let root = env("PYTI_SLAVE_ROOT")
@@ -174,6 +183,13 @@ impl WorkerConfig {
             .get(c, "advertise")
             .map_or_else(|| format!("http://{listen}"), str::to_owned);
         let log_json = file.log_json(c)?;
+        file.check_keys("tls", &TLS_KEYS)?;
+        let tls = pyti::config::tls_files(file, "tls")?;
+        if tls.is_some() {
+            // The master checks the worker's certificate names this id.
+            pyti::trust::check_name(&worker_id).map_err(|m| file.value_error(c, "worker_id", m))?;
+        }
+        let insecure = file.get_bool(c, "insecure")?.unwrap_or(false);
         let budgets = budgets_from_ini(file)?;
         let cache_max_bytes = file
             .get_u64_in(c, "cache_max_bytes", 1 << 20, u64::MAX)?
@@ -227,6 +243,8 @@ impl WorkerConfig {
             budgets,
             cache_max_bytes,
             platforms,
+            tls,
+            insecure,
         })
     }
 }

@@ -140,19 +140,38 @@ impl WorkerControl for ControlService {
     }
 }
 
-/// Serves `WorkerControl` with health and reflection on `listener` until `shutdown`.
+/// How WorkerControl lets callers in: with `tls`, only clients with a farm certificate
+/// (the master, admins; see [`pyti::trust::METHODS`]); without, open.
+pub fn security(tls: Option<&pyti::trust::TlsFiles>) -> Result<pyti::grpc::Security, String> {
+    let Some(files) = tls else {
+        return Ok(pyti::grpc::Security::open());
+    };
+    Ok(pyti::grpc::Security {
+        tls: Some(files.server_config(false)?),
+        auth: pyti::trust::Authenticator::enforcing(None),
+    })
+}
+
+/// Serves `WorkerControl` with health and reflection on `listener`, as `security`
+/// says, until `shutdown`.
 pub async fn serve(
     control: ControlService,
     listener: tokio::net::TcpListener,
+    security: &pyti::grpc::Security,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> WorkerResult<()> {
+    use pyti::grpc::{MAX_DECODE_BYTES, MAX_ENCODE_BYTES};
     use pyti::proto::worker_control_server::{WorkerControlServer, SERVICE_NAME};
     let streams = control.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
         streams.cancel();
     };
-    let router = tonic::transport::Server::builder().add_service(WorkerControlServer::new(control));
+    let router = pyti::grpc::server(security)?.add_service(
+        WorkerControlServer::new(control)
+            .max_decoding_message_size(MAX_DECODE_BYTES)
+            .max_encoding_message_size(MAX_ENCODE_BYTES),
+    );
     let (router, _health) = pyti::grpc::add_introspection(router, &[SERVICE_NAME]).await?;
     pyti::grpc::serve(router, listener, shutdown).await?;
     Ok(())

@@ -77,6 +77,15 @@ async fn serve(
     config_file: Option<&Path>,
     agent: Option<&Path>,
 ) -> anyhow::Result<()> {
+    pyti::trust::check_listen(
+        config.listen,
+        config.tls.is_some(),
+        config.insecure,
+        "pyti-worker",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let security =
+        pyti_worker::control::security(config.tls.as_ref()).map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
     let pool = SlotPool::new(config.slot_names())?;
     let recipes = match config_file
@@ -114,7 +123,8 @@ async fn serve(
         platforms = config.platforms.len(),
         "pyti-worker listening"
     );
-    pyti_worker::control::serve(control, listener, pyti::grpc::shutdown_signal()).await?;
+    pyti_worker::control::serve(control, listener, &security, pyti::grpc::shutdown_signal())
+        .await?;
     // Finish what runs: the master link stops taking jobs and waits for running ones.
     stop.cancel();
     master_link.await.context("the master link failed")??;

@@ -43,7 +43,7 @@ impl ControlPlane {
         server.spawn(async move {
             let pool = SlotPool::new(config.slot_names()).unwrap();
             let control = ControlService::new(WorkerCapacity::new(&config, pool));
-            pyti_worker::control::serve(control, listener, stopped)
+            pyti_worker::control::serve(control, listener, &pyti::grpc::Security::open(), stopped)
                 .await
                 .unwrap();
         });

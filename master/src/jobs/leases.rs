@@ -9,7 +9,7 @@ use super::Jobs;
 use crate::broker::QueueKind;
 use crate::clock::millis;
 use crate::convert;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lifecycle;
 use crate::store::{JobRow, Millis, Transition};
 
@@ -22,6 +22,8 @@ pub struct LeaseKey {
     pub job_id: String,
     /// The attempt it holds.
     pub attempt: u32,
+    /// The lease id its queue message carried.
+    pub lease_id: String,
 }
 
 /// The answer to a worker that took a job off its queue.
@@ -46,6 +48,42 @@ pub struct Renewal {
 }
 
 impl Jobs {
+    /// Whether the worker of `key` holds that attempt of the job: the one it is
+    /// assigned to, at its current attempt (or, when `starting`, a job not yet placed
+    /// on any worker). A stale attempt is [`Error::StaleAttempt`], anything else
+    /// [`Error::Denied`]; neither changes the job.
+    pub async fn check_holder(&self, key: &LeaseKey, starting: bool) -> Result<()> {
+        let job = self.job(&key.job_id).await?;
+        if key.attempt < job.attempt {
+            return Err(Error::StaleAttempt(format!(
+                "attempt {} of job {} is stale: the job is on attempt {}; drop it",
+                key.attempt, key.job_id, job.attempt
+            )));
+        }
+        let unplaced = starting
+            && job.worker_id.is_empty()
+            && matches!(job.state, JobState::Submitted | JobState::Queued);
+        let lease_held = job.lease_id.is_empty() || job.lease_id == key.lease_id;
+        if key.attempt != job.attempt
+            || !(job.worker_id == key.worker_id || unplaced)
+            || !lease_held
+        {
+            return Err(Error::Denied(format!(
+                "worker {} does not hold attempt {} of job {} (it is {} on {})",
+                key.worker_id,
+                key.attempt,
+                key.job_id,
+                job.state.as_str_name(),
+                if job.worker_id.is_empty() {
+                    "no worker"
+                } else {
+                    &job.worker_id
+                }
+            )));
+        }
+        Ok(())
+    }
+
     fn lease_deadline(&self) -> Millis {
         self.runtime.now_ms() + millis(self.settings.lease)
     }

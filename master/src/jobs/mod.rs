@@ -41,6 +41,9 @@ pub struct Submission {
     pub spec: JobSpec,
     /// Queue it even when no registered worker offers its platform.
     pub queue_without_capacity: bool,
+    /// A retried submission with the same key (scoped by the caller) gets the job
+    /// the first one made; empty: none.
+    pub idempotency_key: String,
 }
 
 /// Which jobs `list` returns, one page at a time.
@@ -86,6 +89,8 @@ pub struct Jobs {
     settings: Settings,
     events: broadcast::Sender<JobEvent>,
     http: reqwest::Client,
+    /// Open `WatchJob` streams (at most [`watch::MAX_WATCHERS`]).
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Jobs {
@@ -112,6 +117,7 @@ impl Jobs {
             settings: settings.clone(),
             events: broadcast::channel(4096).0,
             http,
+            watchers: Arc::default(),
         })
     }
 
@@ -147,6 +153,7 @@ impl Jobs {
         let Submission {
             spec,
             queue_without_capacity,
+            idempotency_key,
         } = submission;
         if !queue_without_capacity {
             self.workers.check_offered(&spec)?;
@@ -170,9 +177,19 @@ impl Jobs {
             updated_at_ms: now,
             lease_deadline_ms: None,
             cancel_requested: false,
+            lease_id: String::new(),
             history: Vec::new(),
         };
-        self.store.insert_job(&job, "submitted").await?;
+        if idempotency_key.is_empty() {
+            self.store.insert_job(&job, "submitted").await?;
+        } else if let Some(existing) = self
+            .store
+            .insert_job_once(&job, "submitted", &idempotency_key)
+            .await?
+        {
+            // A retry of a submission that made its job already.
+            return self.job(&existing).await;
+        }
         self.announce(JobEvent::Job(job.clone()));
         if let Err(error) = self.publish_to_platform(&job, "submitted").await {
             let failed = Transition::of(
@@ -257,6 +274,8 @@ impl Jobs {
                         return Ok(job);
                     }
                 }
+                // Asked before: nothing changes, so nothing is recorded.
+                JobState::Running if job.cancel_requested => return Ok(job),
                 JobState::Running => {
                     let mut flag = Transition::of(
                         &job,
@@ -328,6 +347,7 @@ impl Jobs {
             self.runtime.now_ms(),
         );
         assign.worker_id = worker_id.to_owned();
+        assign.lease_id = uuid::Uuid::new_v4().simple().to_string();
         // SubmitJob may be recording QUEUED right now: both are fine to assign from.
         assign.from = vec![JobState::Submitted, JobState::Queued, job.state];
         self.transition(&assign).await
@@ -342,6 +362,7 @@ impl Jobs {
             self.runtime.now_ms(),
         );
         back.worker_id = String::new();
+        back.lease_id = String::new();
         if let Err(error) = self.transition(&back).await {
             tracing::warn!(job_id = %assigned.job_id, %error, "Assignment not undone; a redelivery will redo it");
         }

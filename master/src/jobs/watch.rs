@@ -1,11 +1,37 @@
 //! Watching one job: its state now, then every change and task result until it ends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
 use super::Jobs;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// At most this many `WatchJob` streams at once: each holds a task and a buffer.
+pub const MAX_WATCHERS: usize = 1024;
+
+/// Counts one watcher while it lives.
+struct WatcherSlot(Arc<AtomicUsize>);
+
+impl WatcherSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Result<Self> {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        let slot = Self(Arc::clone(count));
+        if before >= MAX_WATCHERS {
+            return Err(Error::TooLarge(format!(
+                "{MAX_WATCHERS} jobs are being watched already; try again later or poll GetJob"
+            )));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 use crate::store::{JobRow, TaskRow};
 
 /// Something that happened to a job.
@@ -42,11 +68,15 @@ impl JobEvent {
 impl Jobs {
     /// The job now, then each state change and task result until it ends.
     pub async fn watch(self: &Arc<Self>, job_id: &str) -> Result<mpsc::Receiver<JobEvent>> {
+        let slot = WatcherSlot::take(&self.watchers)?;
         let events = self.events.subscribe();
         let job = self.job(job_id).await?;
         let (sender, receiver) = mpsc::channel(64);
-        self.runtime
-            .spawn(Arc::clone(self).forward(JobEvent::Job(job), events, sender));
+        let jobs = Arc::clone(self);
+        self.runtime.spawn(async move {
+            jobs.forward(JobEvent::Job(job), events, sender).await;
+            drop(slot);
+        });
         Ok(receiver)
     }
 

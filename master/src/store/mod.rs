@@ -82,6 +82,9 @@ pub struct JobRow {
     pub lease_deadline_ms: Option<Millis>,
     /// A user asked to cancel it while it ran.
     pub cancel_requested: bool,
+    /// Random per assignment to a worker: only the holder of the job's queue message
+    /// knows it (empty before the first assignment).
+    pub lease_id: String,
     /// Every transition, oldest first (empty in listings).
     pub history: Vec<HistoryRow>,
 }
@@ -135,6 +138,8 @@ pub struct Transition {
     pub outcome: Outcome,
     /// Cancel flag after the change.
     pub cancel_requested: bool,
+    /// Lease id after the change.
+    pub lease_id: String,
     /// History text.
     pub reason: String,
     /// When.
@@ -154,6 +159,7 @@ impl Transition {
             lease_deadline_ms: job.lease_deadline_ms,
             outcome: job.outcome,
             cancel_requested: job.cancel_requested,
+            lease_id: job.lease_id.clone(),
             reason: reason.into(),
             at_ms,
         }
@@ -239,11 +245,38 @@ pub struct WorkerRow {
     pub last_seen_ms: Millis,
 }
 
+/// A client bearer token: only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    /// Public id, part of the token.
+    pub token_id: String,
+    /// Who it is for (unique).
+    pub name: String,
+    /// `read`, `submit` or `admin`.
+    pub role: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    /// When it was made.
+    pub created_at_ms: Millis,
+    /// When it stops working, if ever.
+    pub expires_at_ms: Option<Millis>,
+    /// When it was revoked.
+    pub revoked_at_ms: Option<Millis>,
+}
+
 /// The master's storage.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds a new job (history gets its first entry with `reason`).
     async fn insert_job(&self, job: &JobRow, reason: &str) -> StoreResult<()>;
+    /// Adds a new job under the idempotency key `key`, atomically; when a job was
+    /// added under `key` before, adds nothing and returns that job's id.
+    async fn insert_job_once(
+        &self,
+        job: &JobRow,
+        reason: &str,
+        key: &str,
+    ) -> StoreResult<Option<String>>;
     /// A job with its history.
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<JobRow>>;
     /// Jobs matching `filter`, newest first, without history.
@@ -277,4 +310,14 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_worker(&self, worker: &WorkerRow) -> StoreResult<()>;
     /// Every registered worker.
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
+    /// Forgets a worker (it expired).
+    async fn delete_worker(&self, worker_id: &str) -> StoreResult<()>;
+    /// Adds a token; `false` when one with its name exists.
+    async fn insert_token(&self, token: &TokenRow) -> StoreResult<bool>;
+    /// The token with this id.
+    async fn token(&self, token_id: &str) -> StoreResult<Option<TokenRow>>;
+    /// Every token, by name.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
+    /// Revokes the token named `name` at `at_ms`; `false` when there is none.
+    async fn revoke_token(&self, name: &str, at_ms: Millis) -> StoreResult<bool>;
 }

@@ -12,11 +12,11 @@ use sqlx::Row;
 
 use super::{
     AttemptResults, HistoryRow, JobFilter, JobRow, Millis, Store, StoreError, StoreOutcome,
-    StoreResult, TaskRow, Transition, WorkerRow,
+    StoreResult, TaskRow, TokenRow, Transition, WorkerRow,
 };
 use schema::{
-    attempt_of, filter_clause, live_states_list, outcome_of, state_of, status_of, JOB_COLUMNS,
-    SCHEMA,
+    attempt_of, filter_clause, live_states_list, outcome_of, state_of, status_of, ADDED_COLUMNS,
+    JOB_COLUMNS, SCHEMA,
 };
 
 mod schema;
@@ -48,7 +48,7 @@ pub async fn open(database: &str) -> StoreResult<Arc<dyn Store>> {
 /// The error for `database` failing with `source`.
 fn database_error(database: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |source| StoreError::Database {
-        database: database.to_owned(),
+        database: pyti::redact::url(database),
         source,
     }
 }
@@ -67,7 +67,9 @@ impl SqliteStore {
             .filename(file)
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            // FULL: the worker deletes its spool once "stored" is answered, so a commit
+            // must survive a power loss, not only a crash of the master.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
         let pool = sqlx::pool::PoolOptions::new()
             .max_connections(4)
@@ -107,9 +109,21 @@ macro_rules! sql_store {
                     .execute(&pool)
                     .await
                     .map_err(database_error(database))?;
+                for (table, column) in ADDED_COLUMNS {
+                    let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
+                        .execute(&pool)
+                        .await;
+                    // A store made with the column already has it: both dialects say so.
+                    if let Err(error) = added {
+                        let message = error.to_string();
+                        if !(message.contains("duplicate column") || message.contains("already exists")) {
+                            return Err(database_error(database)(error));
+                        }
+                    }
+                }
                 Ok(Self {
                     pool,
-                    name: database.into(),
+                    name: pyti::redact::url(database).into(),
                 })
             }
 
@@ -149,6 +163,7 @@ macro_rules! sql_store {
                         .try_get::<Option<i64>, _>("lease_deadline_ms")
                         .map_err(|e| self.fail(e))?,
                     cancel_requested: get_i("cancel_requested")? != 0,
+                    lease_id: get_s("lease_id")?,
                     history: Vec::new(),
                     job_id,
                 })
@@ -168,34 +183,43 @@ macro_rules! sql_store {
         #[tonic::async_trait]
         impl Store for $store {
             async fn insert_job(&self, job: &JobRow, reason: &str) -> StoreResult<()> {
-                let variants = serde_json::to_string(&job.spec.platform_variants)
-                    .expect("a list of strings serialises");
                 let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
-                sqlx::query(&format!(
-                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-                ))
+                self.insert_job_in(&mut tx, job, reason).await?;
+                tx.commit().await.map_err(|e| self.fail(e))
+            }
+
+            async fn insert_job_once(
+                &self,
+                job: &JobRow,
+                reason: &str,
+                key: &str,
+            ) -> StoreResult<Option<String>> {
+                let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
+                let claimed = sqlx::query(
+                    "INSERT INTO submit_keys (submit_key, job_id) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(key)
                 .bind(&job.job_id)
-                .bind(&job.spec.project_name)
-                .bind(&job.spec.project_version)
-                .bind(&job.spec.recipe_identifier)
-                .bind(&job.spec.platform_identifier)
-                .bind(variants)
-                .bind(&job.resolved_version)
-                .bind(job.state as i64)
-                .bind(i64::from(job.attempt))
-                .bind(&job.worker_id)
-                .bind(job.outcome as i64)
-                .bind(job.submitted_at_ms)
-                .bind(job.updated_at_ms)
-                .bind(job.lease_deadline_ms)
-                .bind(i64::from(job.cancel_requested))
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.fail(e))?;
-                let first = Transition::of(job, job.state, reason, job.submitted_at_ms);
-                self.record_history(&mut tx, &first).await?;
-                tx.commit().await.map_err(|e| self.fail(e))
+                .map_err(|e| self.fail(e))?
+                .rows_affected();
+                if claimed == 0 {
+                    tx.rollback().await.map_err(|e| self.fail(e))?;
+                    let existing: String =
+                        sqlx::query("SELECT job_id FROM submit_keys WHERE submit_key = $1")
+                            .bind(key)
+                            .fetch_one(&self.pool)
+                            .await
+                            .map_err(|e| self.fail(e))?
+                            .try_get("job_id")
+                            .map_err(|e| self.fail(e))?;
+                    return Ok(Some(existing));
+                }
+                self.insert_job_in(&mut tx, job, reason).await?;
+                tx.commit().await.map_err(|e| self.fail(e))?;
+                Ok(None)
             }
 
             async fn get_job(&self, job_id: &str) -> StoreResult<Option<JobRow>> {
@@ -446,9 +470,122 @@ macro_rules! sql_store {
                     })
                     .collect()
             }
+
+            async fn delete_worker(&self, worker_id: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM workers WHERE worker_id = $1")
+                    .bind(worker_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(())
+            }
+
+            async fn insert_token(&self, token: &TokenRow) -> StoreResult<bool> {
+                let inserted = sqlx::query(
+                    "INSERT INTO tokens (token_id, name, role, secret_hash, created_at_ms, \
+                     expires_at_ms, revoked_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&token.token_id)
+                .bind(&token.name)
+                .bind(&token.role)
+                .bind(&token.secret_hash)
+                .bind(token.created_at_ms)
+                .bind(token.expires_at_ms)
+                .bind(token.revoked_at_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?
+                .rows_affected();
+                Ok(inserted == 1)
+            }
+
+            async fn token(&self, token_id: &str) -> StoreResult<Option<TokenRow>> {
+                let rows = self.token_rows("WHERE token_id = $1", Some(token_id)).await?;
+                Ok(rows.into_iter().next())
+            }
+
+            async fn tokens(&self) -> StoreResult<Vec<TokenRow>> {
+                self.token_rows("", None).await
+            }
+
+            async fn revoke_token(&self, name: &str, at_ms: Millis) -> StoreResult<bool> {
+                let changed = sqlx::query(
+                    "UPDATE tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL",
+                )
+                .bind(at_ms)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?
+                .rows_affected();
+                Ok(changed > 0)
+            }
         }
 
         impl $store {
+            async fn token_rows(&self, clause: &str, id: Option<&str>) -> StoreResult<Vec<TokenRow>> {
+                let sql = format!(
+                    "SELECT token_id, name, role, secret_hash, created_at_ms, expires_at_ms, \
+                     revoked_at_ms FROM tokens {clause} ORDER BY name"
+                );
+                let mut query = sqlx::query(&sql);
+                if let Some(id) = id {
+                    query = query.bind(id);
+                }
+                let rows = query.fetch_all(&self.pool).await.map_err(|e| self.fail(e))?;
+                let f = |e| self.fail(e);
+                rows.iter()
+                    .map(|r| {
+                        Ok(TokenRow {
+                            token_id: r.try_get("token_id").map_err(f)?,
+                            name: r.try_get("name").map_err(f)?,
+                            role: r.try_get("role").map_err(f)?,
+                            secret_hash: r.try_get("secret_hash").map_err(f)?,
+                            created_at_ms: r.try_get("created_at_ms").map_err(f)?,
+                            expires_at_ms: r.try_get("expires_at_ms").map_err(f)?,
+                            revoked_at_ms: r.try_get("revoked_at_ms").map_err(f)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Inserts `job` and its first history entry in `tx`.
+            async fn insert_job_in(
+                &self,
+                tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+                job: &JobRow,
+                reason: &str,
+            ) -> StoreResult<()> {
+                let variants = serde_json::to_string(&job.spec.platform_variants)
+                    .expect("a list of strings serialises");
+                sqlx::query(&format!(
+                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                ))
+                .bind(&job.job_id)
+                .bind(&job.spec.project_name)
+                .bind(&job.spec.project_version)
+                .bind(&job.spec.recipe_identifier)
+                .bind(&job.spec.platform_identifier)
+                .bind(variants)
+                .bind(&job.resolved_version)
+                .bind(job.state as i64)
+                .bind(i64::from(job.attempt))
+                .bind(&job.worker_id)
+                .bind(job.outcome as i64)
+                .bind(job.submitted_at_ms)
+                .bind(job.updated_at_ms)
+                .bind(job.lease_deadline_ms)
+                .bind(i64::from(job.cancel_requested))
+                .bind(&job.lease_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| self.fail(e))?;
+                let first = Transition::of(job, job.state, reason, job.submitted_at_ms);
+                self.record_history(tx, &first).await
+            }
+
             /// Adds the task results and logs of `results` in `tx`.
             async fn insert_tasks_and_logs(
                 &self,
@@ -509,7 +646,7 @@ macro_rules! sql_store {
                 let sql = format!(
                     "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, \
                      lease_deadline_ms = $4, outcome = $5, cancel_requested = $6, \
-                     updated_at_ms = $7 WHERE job_id = $8 AND state IN ({states}) \
+                     updated_at_ms = $7, lease_id = $10 WHERE job_id = $8 AND state IN ({states}) \
                      {attempt_condition}"
                 );
                 let changed = sqlx::query(&sql)
@@ -522,6 +659,7 @@ macro_rules! sql_store {
                     .bind(t.at_ms)
                     .bind(&t.job_id)
                     .bind(attempt.map(i64::from))
+                    .bind(&t.lease_id)
                     .execute(&mut **tx)
                     .await
                     .map_err(|e| self.fail(e))?

@@ -17,11 +17,26 @@ pub(super) struct Control {
 }
 
 impl Control {
-    /// Connects to `worker_id`'s control plane at `address`.
-    pub(super) async fn connect(worker_id: &str, address: &str) -> Result<Self> {
-        let client = WorkerControlClient::connect(address.to_owned())
+    /// Connects to `worker_id`'s control plane at `address`; with `tls`, presenting
+    /// the master's identity and accepting only the certificate of that very worker.
+    pub(super) async fn connect(
+        worker_id: &str,
+        address: &str,
+        tls: Option<&pyti::trust::TlsFiles>,
+    ) -> Result<Self> {
+        let config = tls
+            .map(|files| files.client_config(&format!("{worker_id}.worker.pyti")))
+            .transpose()
+            .map_err(|e| unreachable(worker_id, address, e))?;
+        let channel = pyti::trust::tls::endpoint(address, config)
+            .map_err(|e| unreachable(worker_id, address, e))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
             .await
             .map_err(|e| unreachable(worker_id, address, e.to_string()))?;
+        let client = WorkerControlClient::new(channel)
+            .max_decoding_message_size(pyti::grpc::MAX_DECODE_BYTES)
+            .max_encoding_message_size(pyti::grpc::MAX_DECODE_BYTES);
         Ok(Self {
             worker_id: worker_id.to_owned(),
             address: address.to_owned(),

@@ -58,16 +58,19 @@ pub struct Workers {
     signals: DispatchSignals,
     runtime: Runtime,
     renew_every: Duration,
+    /// The master's identity, presented to workers' control planes.
+    tls: Option<pyti::trust::TlsFiles>,
 }
 
 impl Workers {
-    /// An empty registry; workers lease jobs for `lease`.
+    /// An empty registry; workers lease jobs for `lease`; the master calls them with
+    /// `tls` when given.
     pub(crate) fn new(
         store: Arc<dyn Store>,
         broker: Broker,
         signals: DispatchSignals,
         runtime: Runtime,
-        lease: Duration,
+        (lease, tls): (Duration, Option<pyti::trust::TlsFiles>),
     ) -> Self {
         Self {
             table: Mutex::new(CapacityTable::default()),
@@ -77,6 +80,7 @@ impl Workers {
             signals,
             runtime,
             renew_every: (lease / 3).max(Duration::from_secs(1)),
+            tls,
         }
     }
 
@@ -210,6 +214,71 @@ impl Workers {
         }
     }
 
+    /// Forgets every worker silent for `silent_for` (no Register, no capacity report,
+    /// its stream down) that holds no job, deleting its queue; looks every `every`
+    /// until shutdown. A queue with a message or a consumer is never deleted, and its
+    /// worker stays.
+    pub(crate) async fn expire_silent(self: Arc<Self>, silent_for: Duration, every: Duration) {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        loop {
+            tokio::select! {
+                () = self.runtime.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let cutoff = self.runtime.now_ms() - crate::clock::millis(silent_for);
+            for worker_id in self.silent_since(cutoff) {
+                if let Err(error) = self.expire(&worker_id).await {
+                    tracing::debug!(%worker_id, %error, "Silent worker kept for now");
+                }
+            }
+        }
+    }
+
+    /// Workers last heard of before `cutoff`, disconnected, holding no job.
+    fn silent_since(&self, cutoff: Millis) -> Vec<String> {
+        let table = self.table();
+        let links = self.links();
+        links
+            .iter()
+            .filter(|(id, link)| {
+                let idle = table
+                    .workers
+                    .get(*id)
+                    .is_none_or(|e| !e.connected && e.pending.is_empty() && e.running.is_empty());
+                link.last_seen_ms < cutoff && idle
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    async fn expire(&self, worker_id: &str) -> Result<()> {
+        let holding = self
+            .store
+            .list_jobs(&crate::store::JobFilter {
+                states: crate::store::LIVE_STATES.to_vec(),
+                worker_id: worker_id.to_owned(),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        if !holding.is_empty() {
+            return Ok(());
+        }
+        let queue = self.broker.topology.worker_queue(worker_id);
+        if !self.broker.delete_if_unused(&queue).await? {
+            return Ok(());
+        }
+        self.store.delete_worker(worker_id).await?;
+        self.table().workers.remove(worker_id);
+        if let Some(link) = self.links().remove(worker_id) {
+            if let Some(watcher) = link.watcher {
+                watcher.cancel();
+            }
+        }
+        tracing::info!(%worker_id, "Silent worker forgotten; its queue deleted");
+        Ok(())
+    }
+
     /// Every registered worker with its live capacity.
     pub fn list(&self) -> Vec<WorkerView> {
         let table = self.table();
@@ -239,7 +308,7 @@ impl Workers {
             .get(worker_id)
             .map(|w| w.control_address.clone())
             .ok_or_else(|| Error::WorkerNotFound(worker_id.to_owned()))?;
-        Control::connect(worker_id, &address).await
+        Control::connect(worker_id, &address, self.tls.as_ref()).await
     }
 
     /// Asks a worker to drain through its control plane; its capacity as it answered.
@@ -278,6 +347,15 @@ impl Workers {
             ),
             offers: table.offer_list(),
         })
+    }
+
+    /// Whether any registered worker offers `platform` (with any variants): whether
+    /// its queue is one the farm has anyway.
+    pub fn knows_platform(&self, platform: &str) -> bool {
+        self.table()
+            .workers
+            .values()
+            .any(|entry| entry.platforms.contains_key(platform))
     }
 
     /// Records that `job_id` of `platform` is assigned to `worker_id`, not started.

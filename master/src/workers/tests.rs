@@ -35,7 +35,7 @@ impl OneWorker {
             broker,
             DispatchSignals::default(),
             runtime,
-            Duration::from_secs(30),
+            (Duration::from_secs(30), None),
         ));
         let capacity = Capacity {
             worker_id: "w1".into(),

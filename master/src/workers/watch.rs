@@ -52,7 +52,7 @@ impl Workers {
 
     /// Applies every report of one stream until it ends; a report resets `backoff`.
     async fn follow(&self, worker_id: &str, address: &str, backoff: &mut Duration) -> Result<()> {
-        let mut control = Control::connect(worker_id, address).await?;
+        let mut control = Control::connect(worker_id, address, self.tls.as_ref()).await?;
         let mut reports = std::pin::pin!(control.watch_capacity().await?);
         while let Some(capacity) = reports.next().await {
             let capacity = capacity?;

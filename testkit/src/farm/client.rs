@@ -4,18 +4,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::trust::Authed;
+use super::PLATFORM;
+use crate::wait::wait_until;
 use pyti::proto::job_service_client::JobServiceClient;
 use pyti::proto::worker_registry_client::WorkerRegistryClient;
 use pyti::proto::{self, JobState};
-use tonic::transport::Channel;
-
-use super::PLATFORM;
-use crate::wait::wait_until;
 
 /// Job service client.
-pub type Jobs = JobServiceClient<Channel>;
+pub type Jobs = JobServiceClient<Authed>;
 /// Worker registry client.
-pub type Registry = WorkerRegistryClient<Channel>;
+pub type Registry = WorkerRegistryClient<Authed>;
+/// Token service client.
+pub type Tokens = proto::token_service_client::TokenServiceClient<Authed>;
 
 /// A job spec for the `recipe` recipe.
 pub fn spec(project: &str, version: &str, platform: &str, variants: &[&str]) -> proto::JobSpec {
@@ -38,6 +39,7 @@ pub async fn try_submit(
     jobs.submit_job(proto::SubmitJobRequest {
         spec: Some(spec),
         queue_without_capacity: queue_anyway,
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner().job.expect("SubmitJob returns the job"))

@@ -47,6 +47,8 @@ pub(crate) struct TestExecutor {
     pub(crate) worker_id: String,
     pub(crate) behaviour: Behaviour,
     pub(crate) runs: Runs,
+    /// Bytes of padding in each results dict (to test large results).
+    pub(crate) results_padding: usize,
 }
 
 impl TestExecutor {
@@ -79,7 +81,11 @@ impl TestExecutor {
                 "install.log".into(),
                 format!("installed {} on {}\n", spec.project_name, self.worker_id).into_bytes(),
             )],
-            results_json: format!("{{\"version\":1,\"worker\":\"{}\"}}", self.worker_id),
+            results_json: format!(
+                "{{\"version\":1,\"worker\":\"{}\",\"padding\":\"{}\"}}",
+                self.worker_id,
+                "x".repeat(self.results_padding)
+            ),
             resolved_version: spec.project_version,
             ..Default::default()
         }

@@ -31,6 +31,7 @@ impl InProcess {
             .unwrap_or_else(|e| panic!("opening the store {database}: {e}"));
         let stop = CancellationToken::new();
         let clock = clock.unwrap_or_else(Clock::system);
+        let tls = settings.tls.clone();
         let master = pyti_master::Master::start_with_clock(settings, store, clock, stop.clone())
             .await
             .expect("the master starts");
@@ -38,10 +39,12 @@ impl InProcess {
             .await
             .expect("binding a port for the master");
         let service = pyti_master::service::MasterService::new(Arc::clone(&master));
+        let security =
+            pyti_master::service::security(tls.as_ref(), &master).expect("the master's TLS files");
         let mut server = JoinSet::new();
         let token = stop.clone();
         server.spawn(async move {
-            pyti_master::service::serve(service, listener, token.cancelled_owned())
+            pyti_master::service::serve(service, listener, &security, token.cancelled_owned())
                 .await
                 .expect("the master serves");
         });
@@ -106,6 +109,23 @@ impl MasterProcess {
             ),
         )
         .expect("writing master.ini");
+        if let Some(tls) = &settings.tls {
+            let mut ini = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&config)
+                .expect("opening master.ini");
+            std::io::Write::write_all(
+                &mut ini,
+                format!(
+                    "\n[tls]\ncert = {}\nkey = {}\nca = {}\n",
+                    tls.cert.display(),
+                    tls.key.display(),
+                    tls.ca.display()
+                )
+                .as_bytes(),
+            )
+            .expect("writing master.ini");
+        }
         let mut process = Self {
             binary: binary.to_owned(),
             config,

@@ -15,6 +15,7 @@ pub mod client;
 mod executor;
 mod master;
 mod queues;
+pub mod trust;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -22,15 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyti::proto::job_service_client::JobServiceClient;
+use pyti::proto::token_service_client::TokenServiceClient;
 use pyti::proto::worker_registry_client::WorkerRegistryClient;
 use pyti_master::clock::Clock;
 use pyti_master::store::Store;
 use pyti_master::Settings;
-use tonic::transport::Channel;
 
 pub use executor::{Behaviour, RunRecord, Runs};
 pub use master::MasterProcess;
 pub use queues::{delete_queues, Queues};
+pub use trust::{Credentials, FarmCa};
 pub use worker::{child_worker_process, TestWorker, WorkerBuilder};
 
 use master::InProcess;
@@ -58,6 +60,8 @@ pub fn settings(prefix: &str) -> Settings {
         index_url: "https://pypi.org/simple".to_owned(),
         reap_interval: Duration::from_millis(200),
         worker_queue_ttl: Duration::from_secs(5),
+        tls: None,
+        worker_expiry: Duration::from_secs(60),
     }
 }
 
@@ -73,9 +77,24 @@ pub struct FarmBuilder {
     store: StoreKind,
     clock: Option<Clock>,
     binary: Option<PathBuf>,
+    mtls: bool,
 }
 
 impl FarmBuilder {
+    /// The farm runs on mutual TLS: a farm CA issues the master's and each worker's
+    /// certificate; [`TestFarm::jobs`] and [`TestFarm::registry`] call as an admin
+    /// client.
+    pub fn mtls(mut self) -> Self {
+        self.mtls = true;
+        self
+    }
+
+    /// Mutual TLS when `on` (tests that run in both modes).
+    pub fn mtls_if(mut self, on: bool) -> Self {
+        self.mtls = on;
+        self
+    }
+
     /// How long a lease lasts without renewal, in seconds.
     pub fn lease_s(mut self, lease_s: u64) -> Self {
         self.settings.lease = Duration::from_secs(lease_s);
@@ -92,6 +111,19 @@ impl FarmBuilder {
     /// master only).
     pub fn reap_interval_ms(mut self, interval_ms: u64) -> Self {
         self.settings.reap_interval = Duration::from_millis(interval_ms);
+        self
+    }
+
+    /// Registered workers silent this long, holding no job, are forgotten and their
+    /// queues deleted (in-process master only).
+    pub fn worker_expiry_ms(mut self, expiry_ms: u64) -> Self {
+        self.settings.worker_expiry = Duration::from_millis(expiry_ms);
+        self
+    }
+
+    /// How long a job may wait in a worker's queue before it goes back, in seconds.
+    pub fn worker_queue_ttl_s(mut self, ttl_s: u64) -> Self {
+        self.settings.worker_queue_ttl = Duration::from_secs(ttl_s);
         self
     }
 
@@ -115,8 +147,14 @@ impl FarmBuilder {
     }
 
     /// Starts the master.
-    pub async fn start(self) -> TestFarm {
+    pub async fn start(mut self) -> TestFarm {
         let dir = tempfile::tempdir().expect("a temporary directory for the farm");
+        let ca = self.mtls.then(|| FarmCa::init(&dir.path().join("ca")));
+        self.settings.tls = ca.as_ref().map(FarmCa::master);
+        let admin = match &ca {
+            Some(ca) => Credentials::Certificate(ca.client("admin", pyti::trust::Role::Admin)),
+            None => Credentials::Plain,
+        };
         let database = match self.store {
             StoreKind::Sqlite => dir.path().join("master.sqlite").display().to_string(),
             StoreKind::Postgres => crate::postgres::fresh_schema_url().await,
@@ -147,6 +185,8 @@ impl FarmBuilder {
             runs: Runs::default(),
             started: Started::default(),
             dir,
+            ca,
+            admin,
         }
     }
 }
@@ -168,6 +208,8 @@ pub struct TestFarm {
     runs: Runs,
     started: Started,
     dir: tempfile::TempDir,
+    ca: Option<FarmCa>,
+    admin: Credentials,
 }
 
 impl TestFarm {
@@ -178,6 +220,7 @@ impl TestFarm {
             store: StoreKind::Sqlite,
             clock: None,
             binary: None,
+            mtls: false,
         }
     }
 
@@ -234,30 +277,71 @@ impl TestFarm {
         }
     }
 
-    /// A JobService client.
-    pub async fn jobs(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::connect(self.address.clone())
-            .await
-            .expect("connecting to the master's JobService")
+    /// The farm CA, when the farm runs on mutual TLS.
+    pub fn ca(&self) -> Option<&FarmCa> {
+        self.ca.as_ref()
     }
 
-    /// A WorkerRegistry client.
-    pub async fn registry(&self) -> WorkerRegistryClient<Channel> {
-        WorkerRegistryClient::connect(self.address.clone())
-            .await
-            .expect("connecting to the master's WorkerRegistry")
+    /// The farm CA of a farm on mutual TLS.
+    pub fn mtls_ca(&self) -> &FarmCa {
+        self.ca
+            .as_ref()
+            .expect("the farm runs on mutual TLS (FarmBuilder::mtls)")
+    }
+
+    /// A channel to the master as `credentials` say.
+    pub async fn channel_as(&self, credentials: &Credentials) -> trust::Authed {
+        trust::connect(&self.address, credentials, pyti::trust::MASTER_NAME).await
+    }
+
+    /// A JobService client as an admin (or plain on an open farm).
+    pub async fn jobs(&self) -> client::Jobs {
+        self.jobs_as(&self.admin).await
+    }
+
+    /// A JobService client as `credentials` say.
+    pub async fn jobs_as(&self, credentials: &Credentials) -> client::Jobs {
+        JobServiceClient::new(self.channel_as(credentials).await)
+            .max_decoding_message_size(pyti::grpc::MAX_ENCODE_BYTES)
+    }
+
+    /// A WorkerRegistry client as an admin (or plain on an open farm).
+    pub async fn registry(&self) -> client::Registry {
+        self.registry_as(&self.admin).await
+    }
+
+    /// A WorkerRegistry client as `credentials` say.
+    pub async fn registry_as(&self, credentials: &Credentials) -> client::Registry {
+        WorkerRegistryClient::new(self.channel_as(credentials).await)
+            .max_decoding_message_size(pyti::grpc::MAX_ENCODE_BYTES)
+            .max_encoding_message_size(pyti::grpc::MAX_ENCODE_BYTES)
+    }
+
+    /// A TokenService client as `credentials` say.
+    pub async fn tokens_as(&self, credentials: &Credentials) -> client::Tokens {
+        TokenServiceClient::new(self.channel_as(credentials).await)
+    }
+
+    /// The credentials of a new client certificate `name` with `role`.
+    pub fn client_certificate(&self, name: &str, role: pyti::trust::Role) -> Credentials {
+        Credentials::Certificate(self.mtls_ca().client(name, role))
+    }
+
+    /// The credentials of a worker certificate for `name`.
+    pub fn worker_certificate(&self, name: &str) -> Credentials {
+        Credentials::Certificate(self.mtls_ca().worker(name))
     }
 
     /// A worker for this farm named `name` plus a unique suffix, its runs recorded in
     /// [`TestFarm::runs`].
     pub fn worker(&self, name: &str) -> WorkerBuilder {
-        WorkerBuilder::new(
-            &crate::unique(name),
-            &self.address,
-            &self.prefix,
-            self.dir.path(),
-        )
-        .recording_into(self.runs.clone(), self.started.clone())
+        let id = crate::unique(name);
+        let builder = WorkerBuilder::new(&id, &self.address, &self.prefix, self.dir.path())
+            .recording_into(self.runs.clone(), self.started.clone());
+        match &self.ca {
+            Some(ca) => builder.farm_ca(ca.clone()),
+            None => builder,
+        }
     }
 
     /// What the test executors of this farm's workers ran.

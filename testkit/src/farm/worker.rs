@@ -123,6 +123,8 @@ pub struct WorkerBuilder {
     register_interval: Duration,
     runs: Runs,
     started: Started,
+    ca: Option<super::FarmCa>,
+    results_padding: usize,
 }
 
 impl WorkerBuilder {
@@ -141,7 +143,26 @@ impl WorkerBuilder {
             register_interval: Duration::from_secs(1),
             runs: Runs::default(),
             started: Started::default(),
+            ca: None,
+            results_padding: 0,
         }
+    }
+
+    /// Pads each results dict with `bytes` bytes (results larger than a message).
+    pub fn results_bytes(mut self, bytes: usize) -> Self {
+        self.results_padding = bytes;
+        self
+    }
+
+    /// The worker runs on mutual TLS with a certificate from `ca` for its id.
+    pub fn farm_ca(mut self, ca: super::FarmCa) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Its TLS files, on a farm on mutual TLS.
+    pub fn tls_files(&self) -> Option<pyti::trust::TlsFiles> {
+        self.ca.as_ref().map(|ca| ca.worker(&self.id))
     }
 
     /// Names the worker `id` exactly (the farm gives it a unique one otherwise).
@@ -215,6 +236,15 @@ impl WorkerBuilder {
             platform = self.platform,
             variants = self.variants.join(", ")
         );
+        let text = match self.tls_files() {
+            Some(tls) => format!(
+                "{text}\n[tls]\ncert = {}\nkey = {}\nca = {}\n",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            ),
+            None => text,
+        };
         let file = pyti::config::IniFile::parse(&text, Path::new("worker.ini"))
             .expect("the test worker's INI parses");
         WorkerConfig::from_ini(&file, &|_| None).expect("the test worker's configuration")
@@ -228,6 +258,7 @@ impl WorkerBuilder {
             worker_id: self.id.clone(),
             behaviour: self.behaviour,
             runs: self.runs.clone(),
+            results_padding: self.results_padding,
         });
         self.start_with(&config, pool, executor).await
     }
@@ -275,8 +306,10 @@ impl WorkerBuilder {
             .await
             .expect("binding a port for WorkerControl");
         let stop = tasks.stop.clone();
+        let security = pyti_worker::control::security(self.tls_files().as_ref())
+            .expect("the worker's TLS files");
         tasks.spawn(async move {
-            pyti_worker::control::serve(control, listener, stop.cancelled_owned())
+            pyti_worker::control::serve(control, listener, &security, stop.cancelled_owned())
                 .await
                 .map_err(|e| format!("WorkerControl failed: {e}"))
         });
@@ -312,6 +345,13 @@ impl WorkerBuilder {
             .env("PYTI_TEST_PLATFORM", &self.platform)
             .env("PYTI_TEST_SLOTS", self.slots.to_string())
             .env("PYTI_TEST_RUN_MS", run_ms)
+            .env(
+                "PYTI_TEST_CA_DIR",
+                self.ca
+                    .as_ref()
+                    .map(|ca| ca.dir().to_owned())
+                    .unwrap_or_default(),
+            )
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("the test binary runs again")
@@ -336,6 +376,10 @@ pub fn child_worker_process() {
     .platform(&var("PYTI_TEST_PLATFORM"))
     .slots(var("PYTI_TEST_SLOTS").parse().expect("a number of slots"))
     .run_ms(var("PYTI_TEST_RUN_MS").parse().expect("milliseconds"));
+    let builder = match std::env::var_os("PYTI_TEST_CA_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => builder.farm_ca(super::FarmCa::open(Path::new(&dir))),
+        None => builder,
+    };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let _worker = builder.start().await;

@@ -261,16 +261,17 @@ impl MasterLink {
             self.unused(lease, &job_id);
             return;
         }
-        let renewing = self.tasks.spawn(Arc::clone(&self).renew(
-            job_id.clone(),
-            job.attempt,
-            renew_every,
-            cancel.clone(),
-        ));
-        let attempt = job.attempt;
+        let held = super::report::Held {
+            job_id: job_id.clone(),
+            attempt: job.attempt,
+            lease_id: job.lease_id.clone(),
+        };
+        let renewing =
+            self.tasks
+                .spawn(Arc::clone(&self).renew(held.clone(), renew_every, cancel.clone()));
         let report = executor.run(job, lease, cancel).await;
         renewing.abort();
-        let path = self.spool(&job_id, attempt, report).await;
+        let path = self.spool(&held, report).await;
         self.handle.finish(&job_id);
         if let Some(path) = path {
             self.send_spooled(path).await;
@@ -298,11 +299,25 @@ impl MasterLink {
             worker_id: self.worker_id().to_owned(),
             job_id: job.job_id.clone(),
             attempt: job.attempt,
+            lease_id: job.lease_id.clone(),
         };
         for wait_ms in [0, 200, 500, 1000, 2000] {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             match self.registry.clone().start_job(request.clone()).await {
                 Ok(answer) => return Some(answer.into_inner()),
+                // The master refuses this attempt here for good: do not run it.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    return Some(proto::StartJobResponse {
+                        proceed: false,
+                        reason: status.message().to_owned(),
+                        lease_deadline: None,
+                    })
+                }
                 Err(status) => {
                     tracing::warn!(job_id = %job.job_id, error = %status.message(), "StartJob failed")
                 }

@@ -63,6 +63,9 @@ pub struct MasterLinkSettings {
     pub spool_dir: PathBuf,
     /// How often to register again (so a restarted master knows this worker).
     pub register_interval: Duration,
+    /// This worker's farm identity, presented to the master (whose certificate must
+    /// name `master.pyti`).
+    pub tls: Option<pyti::trust::TlsFiles>,
 }
 
 impl MasterLinkSettings {
@@ -74,6 +77,7 @@ impl MasterLinkSettings {
             control_address: config.advertise.clone(),
             spool_dir: config.root.join("spool"),
             register_interval: Duration::from_secs(10),
+            tls: config.tls.clone(),
         }
     }
 }
@@ -187,14 +191,24 @@ pub async fn run<E: JobExecutor>(
     handle: MasterLinkHandle,
     shutdown: CancellationToken,
 ) -> Result<(), MasterLinkError> {
-    let master = tonic::transport::Endpoint::from_shared(settings.master.clone())
-        .map_err(|e| MasterLinkError::MasterAddress {
-            address: settings.master.clone(),
-            message: e.to_string(),
-        })?
+    let address_error = |message: String| MasterLinkError::MasterAddress {
+        address: settings.master.clone(),
+        message,
+    };
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|files| files.client_config(pyti::trust::MASTER_NAME))
+        .transpose()
+        .map_err(address_error)?;
+    let master = pyti::trust::tls::endpoint(&settings.master, tls)
+        .map_err(address_error)?
         .connect_timeout(Duration::from_secs(5))
+        .timeout(pyti::grpc::REQUEST_TIMEOUT)
         .connect_lazy();
-    let registry = proto::worker_registry_client::WorkerRegistryClient::new(master);
+    let registry = proto::worker_registry_client::WorkerRegistryClient::new(master)
+        .max_decoding_message_size(pyti::grpc::MAX_DECODE_BYTES)
+        .max_encoding_message_size(pyti::grpc::MAX_DECODE_BYTES);
     let link = Arc::new(consume::MasterLink {
         settings,
         registry,

@@ -11,16 +11,25 @@ use tokio_util::sync::CancellationToken;
 use super::consume::MasterLink;
 use super::{spool, AttemptReport};
 
-/// Log chunks stay well under gRPC's default 4 MiB message limit.
+/// Log chunks and pieces of the results dict stay well under the message limit
+/// ([`pyti::grpc::MAX_DECODE_BYTES`]).
 const LOG_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The attempt of a job this worker holds, and the lease id its queue message carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub job_id: String,
+    pub attempt: u32,
+    pub lease_id: String,
+}
 
 /// The `ReportResults` stream for one attempt.
 pub fn results_messages(
     worker_id: &str,
-    job_id: &str,
-    attempt: u32,
+    held: &Held,
     report: AttemptReport,
 ) -> Vec<ResultsMessage> {
+    let (job_id, attempt) = (held.job_id.as_str(), held.attempt);
     let wrap = |message| ResultsMessage {
         message: Some(message),
     };
@@ -31,6 +40,7 @@ pub fn results_messages(
         image_hash: report.image_hash,
         python_version: report.python_version,
         resolved_version: report.resolved_version,
+        lease_id: held.lease_id.clone(),
     }))];
     for mut task in report.tasks {
         task.job_id = job_id.to_owned();
@@ -50,9 +60,13 @@ pub fn results_messages(
             offset += chunk.len();
         }
     }
+    // The results dict may be larger than a message may be: it goes in pieces.
+    for piece in report.results_json.as_bytes().chunks(LOG_CHUNK_BYTES) {
+        messages.push(wrap(M::ResultsJsonChunk(piece.to_vec())));
+    }
     messages.push(wrap(M::Final(proto::FinalRecord {
         outcome: report.outcome as i32,
-        results_json: report.results_json,
+        results_json: String::new(),
         error: report.error,
     })));
     messages
@@ -63,15 +77,16 @@ impl MasterLink {
     /// when the master says the job was cancelled or no longer runs here.
     pub(super) async fn renew(
         self: Arc<Self>,
-        job_id: String,
-        attempt: u32,
+        held: Held,
         every: Duration,
         cancel: CancellationToken,
     ) {
+        let job_id = held.job_id.clone();
         let request = proto::RenewLeaseRequest {
             worker_id: self.worker_id().to_owned(),
-            job_id: job_id.clone(),
-            attempt,
+            job_id: held.job_id,
+            attempt: held.attempt,
+            lease_id: held.lease_id,
         };
         loop {
             tokio::select! {
@@ -85,6 +100,16 @@ impl MasterLink {
                     return;
                 }
                 Ok(_) => {}
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    tracing::warn!(%job_id, error = %status.message(), "The master says this attempt is not ours: stopping it");
+                    cancel.cancel();
+                    return;
+                }
                 Err(status) => {
                     tracing::warn!(%job_id, error = %status.message(), "Lease renewal failed; retrying")
                 }
@@ -94,13 +119,9 @@ impl MasterLink {
 
     /// Writes the report to the spool; `None` (logged) if the disk refused, in which
     /// case the results are sent straight from memory once.
-    pub(super) async fn spool(
-        &self,
-        job_id: &str,
-        attempt: u32,
-        report: AttemptReport,
-    ) -> Option<PathBuf> {
-        let messages = results_messages(self.worker_id(), job_id, attempt, report);
+    pub(super) async fn spool(&self, held: &Held, report: AttemptReport) -> Option<PathBuf> {
+        let (job_id, attempt) = (held.job_id.as_str(), held.attempt);
+        let messages = results_messages(self.worker_id(), held, report);
         let dir = self.settings.spool_dir.clone();
         let id = job_id.to_owned();
         let kept = messages.clone();
@@ -162,9 +183,25 @@ impl MasterLink {
                 Ok(_) => {
                     tracing::warn!(path = %path.display(), "The master did not store the results; retrying")
                 }
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    // An attempt the job has left behind: the master will never take it.
+                    tracing::warn!(path = %path.display(), error = %status.message(), "Stale results dropped from the spool");
+                    let remove_path = path.clone();
+                    if let Ok(Err(error)) =
+                        tokio::task::spawn_blocking(move || spool::remove(&remove_path)).await
+                    {
+                        tracing::warn!(%error, "Stale results could not be removed from the spool");
+                    }
+                    return;
+                }
                 Err(status)
-                    if status.code() == tonic::Code::InvalidArgument
-                        || status.code() == tonic::Code::NotFound =>
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::NotFound
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::ResourceExhausted
+                    ) =>
                 {
                     tracing::error!(path = %path.display(), error = %status.message(), "The master refuses these results; left in the spool");
                     return;
@@ -199,11 +236,19 @@ mod tests {
             results_json: "{}".into(),
             ..Default::default()
         };
-        let messages = results_messages("w1", "j1", 2, report);
+        let held = Held {
+            job_id: "j1".into(),
+            attempt: 2,
+            lease_id: "l1".into(),
+        };
+        let messages = results_messages("w1", &held, report);
         let kinds: Vec<&str> = messages
             .iter()
             .map(|m| match m.message.as_ref().unwrap() {
-                M::Header(_) => "header",
+                M::Header(h) => {
+                    assert_eq!(h.lease_id, "l1");
+                    "header"
+                }
                 M::TaskResult(t) => {
                     assert_eq!((t.job_id.as_str(), t.attempt), ("j1", 2));
                     "task"
@@ -212,12 +257,16 @@ mod tests {
                     assert!(c.offset == 0 || c.offset == LOG_CHUNK_BYTES as u64);
                     "log"
                 }
+                M::ResultsJsonChunk(piece) => {
+                    assert_eq!(piece, b"{}");
+                    "json"
+                }
                 M::Final(f) => {
                     assert_eq!(f.outcome(), Outcome::Passed);
                     "final"
                 }
             })
             .collect();
-        assert_eq!(kinds, ["header", "task", "log", "log", "final"]);
+        assert_eq!(kinds, ["header", "task", "log", "log", "json", "final"]);
     }
 }

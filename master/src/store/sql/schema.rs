@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL,
     lease_deadline_ms BIGINT,
-    cancel_requested BIGINT NOT NULL
+    cancel_requested BIGINT NOT NULL,
+    lease_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_history (
@@ -70,11 +71,28 @@ CREATE TABLE IF NOT EXISTS workers (
     registered_at_ms BIGINT NOT NULL,
     last_seen_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS submit_keys (
+    submit_key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT,
+    revoked_at_ms BIGINT
+);
 ";
+
+/// Columns added after the first release, for stores made before them: (table, column
+/// definition).
+pub(super) const ADDED_COLUMNS: [(&str, &str); 1] = [("jobs", "lease_id TEXT NOT NULL DEFAULT ''")];
 
 pub(super) const JOB_COLUMNS: &str = "job_id, project_name, project_version, recipe_identifier, \
     platform_identifier, platform_variants, resolved_version, state, attempt, worker_id, \
-    outcome, submitted_at_ms, updated_at_ms, lease_deadline_ms, cancel_requested";
+    outcome, submitted_at_ms, updated_at_ms, lease_deadline_ms, cancel_requested, lease_id";
 
 pub(super) fn state_of(value: i64) -> JobState {
     i32::try_from(value)

@@ -22,6 +22,7 @@ fn job(id: &str, project: &str) -> JobRow {
         updated_at_ms: 1000,
         lease_deadline_ms: None,
         cancel_requested: false,
+        lease_id: String::new(),
         history: Vec::new(),
     }
 }
@@ -212,6 +213,70 @@ async fn exercise(store: Arc<dyn Store>) {
         (w.capacity.clone(), w.registered_at_ms, w.last_seen_ms),
         (vec![4], 1, 9)
     );
+
+    store.delete_worker(&worker.worker_id).await.unwrap();
+    assert!(!store
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|w| w.worker_id == worker.worker_id));
+
+    let keyed = job(&format!("{prefix}-keyed"), "keyed");
+    let key = format!("{prefix}-key");
+    assert_eq!(
+        store
+            .insert_job_once(&keyed, "submitted", &key)
+            .await
+            .unwrap(),
+        None
+    );
+    let retry = job(&format!("{prefix}-retry"), "keyed");
+    assert_eq!(
+        store
+            .insert_job_once(&retry, "submitted", &key)
+            .await
+            .unwrap(),
+        Some(keyed.job_id.clone()),
+        "the same key answers the first job"
+    );
+    assert_eq!(
+        store.get_job(&retry.job_id).await.unwrap(),
+        None,
+        "and adds none"
+    );
+
+    let token = TokenRow {
+        token_id: format!("{prefix}-t"),
+        name: format!("{prefix}-ci"),
+        role: "submit".into(),
+        secret_hash: "ab".repeat(32),
+        created_at_ms: 1,
+        expires_at_ms: Some(100),
+        revoked_at_ms: None,
+    };
+    assert!(store.insert_token(&token).await.unwrap());
+    let twin = TokenRow {
+        token_id: format!("{prefix}-t2"),
+        ..token.clone()
+    };
+    assert!(
+        !store.insert_token(&twin).await.unwrap(),
+        "names are unique"
+    );
+    assert_eq!(
+        store.token(&token.token_id).await.unwrap(),
+        Some(token.clone())
+    );
+    assert!(store.revoke_token(&token.name, 7).await.unwrap());
+    assert!(
+        !store.revoke_token(&token.name, 8).await.unwrap(),
+        "revoked once"
+    );
+    let listed = store.tokens().await.unwrap();
+    let t = listed.iter().find(|t| t.name == token.name).unwrap();
+    assert_eq!(t.revoked_at_ms, Some(7));
+    assert_eq!(store.token("nothing").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -231,7 +296,8 @@ async fn sqlite_store_keeps_jobs_results_and_workers() {
             .await
             .unwrap()
             .len(),
-        5
+        6,
+        "the five jobs and the keyed one"
     );
 }
 
