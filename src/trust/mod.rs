@@ -384,6 +384,11 @@ mod tests {
             principal_from_names(["master.pyti", "w1.worker.pyti"]),
             Principal::Anonymous
         );
+        assert_eq!(
+            principal_from_names(["broker.pyti", "localhost"]),
+            Principal::Anonymous,
+            "RabbitMQ's certificate is nobody in the farm"
+        );
         assert!(check_name("Bad_Name").is_err());
         assert!(check_name(&"a".repeat(64)).is_err());
     }
