@@ -1,19 +1,17 @@
 //! RabbitMQ over `amqps://` with client certificates: a private RabbitMQ node
 //! (`scripts/rabbitmq-tls`) that speaks only TLS and wants a certificate from the farm
-//! CA, a master process configured for it, and a connection without a certificate that
-//! the node turns away.
+//! CA, a master process and a worker configured for it, and a connection without a
+//! certificate that the node turns away.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::BasicGetOptions;
 use lapin::ConnectionProperties;
-use prost::Message;
 use pyti::amqp::{Amqp, AmqpTls};
-use pyti::proto::{self, JobState};
+use pyti::proto::JobState;
 use pyti::trust::ca::{self, Issue, Subject};
-use pyti_testkit::farm::client::{get_job, spec, try_submit, wait_connected};
+use pyti_testkit::farm::client::{spec, try_submit, wait_connected, wait_job_ended};
 use pyti_testkit::farm::{TestFarm, PLATFORM};
 
 /// The private node, stopped (SIGTERM to the process this test started, which stops
@@ -108,7 +106,7 @@ async fn wait_ready(amqp: &Amqp, node: &mut TlsNode, log: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_uses_rabbitmq_over_tls_with_a_client_certificate() {
+async fn master_and_worker_use_rabbitmq_over_tls_with_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     ca::init(&ca_dir, 1).unwrap();
@@ -151,52 +149,30 @@ async fn a_master_uses_rabbitmq_over_tls_with_a_client_certificate() {
         .amqp(&url, Some(with_certificate))
         .start()
         .await;
-    // A worker whose control plane answers but that takes nothing off its queue
-    // (declared on the TLS node): the test reads the job from it.
-    let worker = farm.worker("amqps").start_control_only().await;
-    let mut registration = proto::RegisterRequest {
-        worker_id: worker.id.clone(),
-        control_address: worker.control_address.clone(),
-        capacity: Some(worker.handle.capacity().advertised()),
-        version: "test".into(),
+    // A worker that consumes its queue on the TLS node with its own certificate.
+    let builder = farm.worker("amqps");
+    let (worker_cert, worker_key) = issue(&ca_dir, Subject::Worker(builder.worker_id().into()));
+    let worker_tls = AmqpTls {
+        ca: ca_dir.join("ca.pem"),
+        identity: Some((worker_cert, worker_key)),
     };
-    registration.capacity.as_mut().unwrap().worker_id = worker.id.clone();
-    farm.registry()
-        .await
-        .register(registration)
-        .await
-        .expect("the master registers the worker and declares its queue");
+    let worker = builder.amqp(&url, Some(worker_tls)).start().await;
     wait_connected(&farm.registry().await, &worker.id, Duration::from_secs(20)).await;
     let mut jobs = farm.jobs().await;
     let job = try_submit(&mut jobs, spec("over-tls", "1.0", PLATFORM, &[]), false)
         .await
         .expect("the job is published to the TLS node");
-    // ASSIGNED is recorded only once the dispatcher consumed the job from the platform
-    // queue and RabbitMQ confirmed it in the worker's queue.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = get_job(&mut jobs, &job.job_id).await.state();
-        if state == JobState::Assigned {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job stayed {state:?}: the master does not publish and consume over amqps://"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // And the message is there, on the TLS node, for the worker.
-    let connection = amqp.connect(ConnectionProperties::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = format!("{}.worker.{}", farm.prefix, worker.id);
-    let message = channel
-        .basic_get(&queue, BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .expect("the job waits in the worker's queue on the TLS node");
-    let queued = proto::QueuedJob::decode(message.delivery.data.as_slice()).unwrap();
-    assert_eq!(queued.job_id, job.job_id);
-    let _ = connection.close(200, "done").await;
+    // The master published it, dispatched it to the worker's queue, and the worker took
+    // it from there: all over amqps://.
+    let ended = wait_job_ended(&mut jobs, &job.job_id, Duration::from_secs(60)).await;
+    assert_eq!(ended.state(), JobState::Succeeded, "{:?}", ended.history);
+    assert_eq!(ended.worker_id, worker.id);
+    let runs = farm.runs();
+    assert_eq!(
+        runs.iter().filter(|r| r.job_id == job.job_id).count(),
+        1,
+        "{runs:?}"
+    );
 
     farm.finish().await;
     node.stop();
