@@ -309,7 +309,11 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
         }
         CaCommand::Info { file } => {
             let (principal, names) = ca::info(&file).map_err(anyhow::Error::msg)?;
-            println!("{principal}");
+            if names.iter().any(|n| n == "broker.pyti") {
+                println!("RabbitMQ's certificate (no farm principal)");
+            } else {
+                println!("{principal}");
+            }
             for name in names {
                 println!("  DNS:{name}");
             }
