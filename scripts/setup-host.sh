@@ -14,7 +14,7 @@ fi
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   debootstrap debian-archive-keyring mtools dosfstools e2fsprogs strace pkg-config python3 python3-pip python3-venv
-  rabbitmq-server curl ca-certificates)
+  rabbitmq-server erlang-ssl curl ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

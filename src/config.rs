@@ -226,6 +226,51 @@ pub fn tls_files(file: &IniFile, section: &str) -> Result<Option<crate::trust::T
     }
 }
 
+/// The keys of `[tls]` for the connection to RabbitMQ.
+pub const AMQP_TLS_KEYS: [&str; 3] = ["amqp_ca", "amqp_cert", "amqp_key"];
+
+/// The TLS settings of the connection to RabbitMQ at `amqp_url`: for `amqps://`, the CA
+/// `amqp_ca` (default: the farm CA, `ca`) and the client certificate `amqp_cert` and
+/// `amqp_key` (default: the process's farm identity, `cert` and `key`, if any); for
+/// `amqp://`, none (then none of the `amqp_` keys may be given).
+pub fn amqp_tls(
+    file: &IniFile,
+    section: &str,
+    farm: Option<&crate::trust::TlsFiles>,
+    amqp_url: &str,
+) -> Result<Option<crate::amqp::AmqpTls>> {
+    let [ca, cert, key] = AMQP_TLS_KEYS.map(|k| file.get(section, k).map(PathBuf::from));
+    if !amqp_url.starts_with("amqps://") {
+        if ca.is_some() || cert.is_some() || key.is_some() {
+            return Err(file.value_error(
+                section,
+                "amqp_ca",
+                "amqp_ca, amqp_cert and amqp_key are for an amqps:// amqp_url".to_owned(),
+            ));
+        }
+        return Ok(None);
+    }
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => farm.map(|f| (f.cert.clone(), f.key.clone())),
+        _ => {
+            return Err(file.value_error(
+                section,
+                "amqp_cert",
+                "give amqp_cert and amqp_key together".to_owned(),
+            ))
+        }
+    };
+    let Some(ca) = ca.or_else(|| farm.map(|f| f.ca.clone())) else {
+        return Err(file.value_error(
+            section,
+            "amqp_ca",
+            "an amqps:// amqp_url needs the CA of RabbitMQ's certificate: set amqp_ca (or cert, key and ca)".to_owned(),
+        ));
+    };
+    Ok(Some(crate::amqp::AmqpTls { ca, identity }))
+}
+
 /// True when this process runs as root (the owner of `/proc/self` is the effective user).
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,7 @@
 //! PyTI's shared ground: the generated protocol, the job model, configuration
 //! helpers and the gRPC plumbing every server uses.
 
+pub mod amqp;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -149,11 +149,12 @@ enum CaCommand {
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
-    /// Issue a certificate from the CA in DIR: `master`, `worker NAME` or
-    /// `client NAME --role read|submit|admin`; writes DIR/<what>[-NAME].pem and .key.
+    /// Issue a certificate from the CA in DIR: `master`, `worker NAME`,
+    /// `client NAME --role read|submit|admin` or `broker` (RabbitMQ's, for amqps://);
+    /// writes DIR/<what>[-NAME].pem and .key.
     Issue {
         dir: PathBuf,
-        /// master, worker or client.
+        /// master, worker, client or broker.
         kind: String,
         /// The worker's id or the client's name.
         name: Option<String>,
@@ -284,13 +285,14 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
         } => {
             let subject = match (kind.as_str(), name, role) {
                 ("master", None, None) => Subject::Master,
+                ("broker", None, None) => Subject::Broker,
                 ("worker", Some(name), None) => Subject::Worker(name),
                 ("client", Some(name), Some(role)) => Subject::Client(
                     name,
                     pyti::trust::Role::parse(&role).map_err(anyhow::Error::msg)?,
                 ),
                 _ => anyhow::bail!(
-                    "say `master`, `worker NAME` or `client NAME --role read|submit|admin`"
+                    "say `master`, `worker NAME`, `client NAME --role read|submit|admin` or `broker`"
                 ),
             };
             let (cert, key) = ca::issue(
@@ -307,7 +309,11 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
         }
         CaCommand::Info { file } => {
             let (principal, names) = ca::info(&file).map_err(anyhow::Error::msg)?;
-            println!("{principal}");
+            if names.iter().any(|n| n == "broker.pyti") {
+                println!("RabbitMQ's certificate (no farm principal)");
+            } else {
+                println!("{principal}");
+            }
             for name in names {
                 println!("  DNS:{name}");
             }

@@ -139,7 +139,7 @@ impl Session {
 /// The master's handle on RabbitMQ (cheap to clone).
 #[derive(Clone)]
 pub struct Broker {
-    url: String,
+    amqp: pyti::amqp::Amqp,
     /// Names in use.
     pub topology: Topology,
     session: watch::Receiver<Option<Arc<Session>>>,
@@ -152,13 +152,13 @@ impl Broker {
     /// `shutdown`; returns at once. The handle of the supervisor task is returned so its
     /// owner can wait for it.
     pub fn start(
-        url: &str,
+        amqp: pyti::amqp::Amqp,
         topology: Topology,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sender, session) = watch::channel(None);
         let broker = Self {
-            url: url.to_owned(),
+            amqp,
             topology,
             session,
             known_queues: Arc::new(Mutex::new(BTreeMap::new())),
@@ -184,7 +184,7 @@ impl Broker {
             match self.connect(generation).await {
                 Ok((session, lost)) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!(generation, url = %pyti::redact::url(&self.url), "Connected to RabbitMQ");
+                    tracing::info!(generation, url = %pyti::redact::url(self.amqp.url()), tls = self.amqp.is_tls(), "Connected to RabbitMQ");
                     let session = Arc::new(session);
                     sender.send_replace(Some(Arc::clone(&session)));
                     let mut poll = tokio::time::interval(Duration::from_millis(500));
@@ -215,10 +215,12 @@ impl Broker {
     }
 
     async fn connect(&self, generation: u64) -> BrokerResult<(Session, Arc<Notify>)> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        let connection = self
+            .amqp
+            .connect(ConnectionProperties::default())
             .await
             .map_err(|e| BrokerError::Unavailable {
-                url: self.url.clone(),
+                url: self.amqp.url().to_owned(),
                 message: e.to_string(),
             })?;
         let lost = Arc::new(Notify::new());
@@ -335,7 +337,7 @@ impl Broker {
         match found {
             Ok(Ok(session)) => Ok(Arc::clone(session.as_ref().expect("checked Some"))),
             _ => Err(BrokerError::Unavailable {
-                url: self.url.clone(),
+                url: self.amqp.url().to_owned(),
                 message: format!("no connection within {} s", wait.as_secs()),
             }),
         }

@@ -9,6 +9,11 @@
 //! cert = /etc/pyti/master.pem
 //! key = /etc/pyti/master.key
 //! ca = /etc/pyti/ca.pem
+//! ; for amqp_url = amqps://...: RabbitMQ's CA and the client certificate to present
+//! ; (defaults: ca, cert and key above)
+//! amqp_ca = /etc/pyti/rabbitmq-ca.pem
+//! amqp_cert = /etc/pyti/master.pem
+//! amqp_key = /etc/pyti/master.key
 //! ```
 //!
 //! Every option has a default that works on one machine, so a master starts with no file.
@@ -33,7 +38,7 @@ const CONFIG_KEYS: [&str; 10] = [
     "insecure",
 ];
 
-const TLS_KEYS: [&str; 3] = ["cert", "key", "ca"];
+const TLS_KEYS: [&str; 6] = ["cert", "key", "ca", "amqp_ca", "amqp_cert", "amqp_key"];
 
 /// The whole master configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +65,9 @@ pub struct MasterConfig {
     /// `[tls]`: the master's certificate and key and the farm CA; without it the master
     /// serves plaintext, unauthenticated, and only on loopback unless `insecure`.
     pub tls: Option<pyti::trust::TlsFiles>,
+    /// `[tls] amqp_ca`, `amqp_cert`, `amqp_key` for an `amqps://` `amqp_url` (defaults:
+    /// the farm CA and the master's certificate and key).
+    pub amqp_tls: Option<pyti::amqp::AmqpTls>,
     /// Serve a non-loopback address without TLS anyway (loudly). Default: false.
     pub insecure: bool,
 }
@@ -91,14 +99,17 @@ impl MasterConfig {
             str::to_owned,
         );
         let log_json = file.log_json(c)?;
+        let amqp_url = file
+            .get(c, "amqp_url")
+            .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .to_owned();
+        let amqp_tls = pyti::config::amqp_tls(file, "tls", tls.as_ref(), &amqp_url)?;
         Ok(Self {
             listen: file
                 .get_parsed(c, "listen", "a socket address such as 127.0.0.1:50051")?
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
-            amqp_url: file
-                .get(c, "amqp_url")
-                .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")
-                .to_owned(),
+            amqp_url,
+            amqp_tls,
             queue_prefix: file.get(c, "queue_prefix").unwrap_or("pyti").to_owned(),
             database,
             lease_s: file
@@ -156,6 +167,20 @@ mod tests {
         assert!(
             err.starts_with("master.ini: [config] listen: \"x\" is not a socket address"),
             "{err}"
+        );
+        let err = parse("[tls]\namqp_ca = /x.pem\n").unwrap_err().to_string();
+        assert!(err.contains("amqps://"), "{err}");
+        let err = parse("[config]\namqp_url = amqps://h/%2f\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp_ca"), "{err}");
+        let config = parse("[config]\namqp_url = amqps://h/%2f\n[tls]\ncert = /c.pem\nkey = /c.key\nca = /ca.pem\namqp_ca = /r.pem\n").unwrap();
+        assert_eq!(
+            config.amqp_tls,
+            Some(pyti::amqp::AmqpTls {
+                ca: "/r.pem".into(),
+                identity: Some(("/c.pem".into(), "/c.key".into())),
+            })
         );
         let err = parse("[platform x]\n").unwrap_err().to_string();
         assert!(err.contains("[platform x] : unknown section"), "{err}");

@@ -47,6 +47,7 @@ pub fn job(row: &JobRow) -> proto::Job {
         outcome: row.outcome as i32,
         resolved_version: row.resolved_version.clone(),
         lease_deadline: row.lease_deadline_ms.map(timestamp),
+        submitted_by: row.submitted_by.clone(),
     }
 }
 
@@ -119,6 +120,8 @@ pub fn submission(request: proto::SubmitJobRequest) -> Result<Submission> {
         spec: JobSpec::try_from(request.spec.unwrap_or_default())?,
         queue_without_capacity: request.queue_without_capacity,
         idempotency_key: request.idempotency_key,
+        // The service fills in the caller: a request field could claim anyone.
+        submitted_by: String::new(),
     })
 }
 
@@ -497,6 +500,7 @@ mod tests {
             lease_deadline_ms: None,
             cancel_requested: false,
             lease_id: String::new(),
+            submitted_by: String::new(),
             history: vec![],
         };
         let message = queued(&row, "why").encode_to_vec();

@@ -182,6 +182,7 @@ mod tests {
             lease_deadline_ms: Some(0),
             cancel_requested: false,
             lease_id: String::new(),
+            submitted_by: String::new(),
             history: vec![],
         }
     }

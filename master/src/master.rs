@@ -47,6 +47,9 @@ pub struct Settings {
     pub worker_queue_ttl: Duration,
     /// The master's farm identity: it serves with it and presents it to workers.
     pub tls: Option<pyti::trust::TlsFiles>,
+    /// For an `amqps://` URL: the CA of RabbitMQ's certificate and the client
+    /// certificate to present.
+    pub amqp_tls: Option<pyti::amqp::AmqpTls>,
     /// A registered worker that neither registers again nor reports capacity for this
     /// long, and holds no job, is forgotten and its (empty) queue deleted.
     pub worker_expiry: Duration,
@@ -71,6 +74,7 @@ impl Settings {
             reap_interval: (lease / 4).max(Duration::from_millis(250)),
             worker_queue_ttl: WORKER_QUEUE_TTL,
             tls: config.tls.clone(),
+            amqp_tls: config.amqp_tls.clone(),
             worker_expiry: WORKER_EXPIRY,
         }
     }
@@ -111,8 +115,9 @@ impl Master {
             worker_queue_ttl_ms: u32::try_from(settings.worker_queue_ttl.as_millis())
                 .unwrap_or(u32::MAX),
         };
-        let (broker, supervisor) =
-            Broker::start(&settings.amqp_url, topology, runtime.shutdown_token());
+        let amqp = pyti::amqp::Amqp::new(&settings.amqp_url, settings.amqp_tls.as_ref())
+            .map_err(crate::Error::Trust)?;
+        let (broker, supervisor) = Broker::start(amqp, topology, runtime.shutdown_token());
         runtime.spawn(async move {
             let _ = supervisor.await;
         });

@@ -63,6 +63,7 @@ impl JobService for MasterService {
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let caller = principal(&request);
         let mut submission = convert::submission(request.into_inner())?;
+        submission.submitted_by = caller.owner();
         if !submission.idempotency_key.is_empty() {
             // Keys are the caller's: another caller's key never answers with its job.
             submission.idempotency_key = format!("{caller}\n{}", submission.idempotency_key);
@@ -125,7 +126,23 @@ impl JobService for MasterService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let caller = principal(&request);
         let request = request.into_inner();
+        // Who submitted a job never changes, so checking before cancelling is enough.
+        let job = self.master.jobs().job(&request.job_id).await?;
+        if !caller.may_cancel(&job.submitted_by) {
+            let by = if job.submitted_by.is_empty() {
+                "before submitters were recorded".to_owned()
+            } else {
+                format!("by {}", job.submitted_by)
+            };
+            return Err(Error::Denied(format!(
+                "{caller} may cancel only the jobs it submitted; job {} was submitted {by}: \
+                 ask its submitter or an admin to cancel it",
+                job.job_id
+            ))
+            .into());
+        }
         let job = self
             .master
             .jobs()

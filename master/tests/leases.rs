@@ -34,6 +34,7 @@ async fn started_job(master: &Master) -> LeaseKey {
             spec,
             queue_without_capacity: true,
             idempotency_key: String::new(),
+            submitted_by: "local".into(),
         })
         .await
         .unwrap();

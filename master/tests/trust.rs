@@ -702,6 +702,10 @@ async fn a_database_password_never_reaches_an_error() {
 async fn a_repeated_cancel_records_one_history_row() {
     let farm = TestFarm::start().await;
     let job = queued_job(&farm, "cancelled").await;
+    assert_eq!(
+        job.submitted_by, "local",
+        "an open master records a local submitter"
+    );
     let mut link = farm.registry().await;
     let started = link
         .start_job(start("runner", &job.job_id, 1))
@@ -832,5 +836,94 @@ async fn a_retried_submit_with_its_key_makes_one_job() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
+    farm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_clients_cancel_only_their_own_jobs() {
+    let farm = TestFarm::builder()
+        .mtls()
+        .binary(env!("CARGO_BIN_EXE_pyti-master"))
+        .start()
+        .await;
+    // A worker that offers the platform (registered by hand: nothing needs to run), so
+    // submit clients may submit without queueing anyway.
+    let offering = farm.worker_certificate("owner-check");
+    let mut registration = register("owner-check", "http://127.0.0.1:1");
+    registration.capacity = Some(proto::Capacity {
+        worker_id: "owner-check".into(),
+        platforms: vec![proto::PlatformCapacity {
+            platform: PLATFORM.into(),
+            total: 1,
+            ready: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    farm.registry_as(&offering)
+        .await
+        .register(registration)
+        .await
+        .unwrap();
+    let mut alice = farm
+        .jobs_as(&farm.client_certificate("alice", Role::Submit))
+        .await;
+    let mut bob = farm
+        .jobs_as(&farm.client_certificate("bob", Role::Submit))
+        .await;
+    let mut admin = farm.jobs().await;
+    let cancel = |job_id: &str, reason: &str| proto::CancelJobRequest {
+        job_id: job_id.to_owned(),
+        reason: reason.to_owned(),
+    };
+
+    let job = try_submit(&mut alice, spec("owned", "1.0", PLATFORM, &[]), false)
+        .await
+        .expect("alice submits");
+    assert_eq!(job.submitted_by, "client:alice");
+    let refused = bob
+        .cancel_job(cancel(&job.job_id, "bob was here"))
+        .await
+        .unwrap_err();
+    assert_refused(&refused, Code::PermissionDenied, "client:alice");
+    assert!(
+        refused.message().contains("ask its submitter or an admin"),
+        "{}",
+        refused.message()
+    );
+    let after = get_job(&mut admin, &job.job_id).await;
+    assert!(!after
+        .history
+        .iter()
+        .any(|h| h.state() == JobState::Cancelled
+            || h.reason.contains("bob was here")
+            || h.reason.contains("cancel")));
+    assert_ne!(after.state(), JobState::Cancelled);
+
+    let own = alice
+        .cancel_job(cancel(&job.job_id, "alice changed her mind"))
+        .await
+        .expect("alice cancels her own job")
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(own.state(), JobState::Cancelled, "nobody started it");
+    assert_eq!(
+        get_job(&mut admin, &job.job_id).await.state(),
+        JobState::Cancelled
+    );
+
+    let other = try_submit(&mut bob, spec("owned", "2.0", PLATFORM, &[]), false)
+        .await
+        .expect("bob submits");
+    assert_eq!(other.submitted_by, "client:bob");
+    admin
+        .cancel_job(cancel(&other.job_id, "an admin cancels anything"))
+        .await
+        .expect("an admin cancels bob's job");
+    assert_eq!(
+        get_job(&mut admin, &other.job_id).await.state(),
+        JobState::Cancelled
+    );
     farm.finish().await;
 }

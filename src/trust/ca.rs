@@ -31,6 +31,9 @@ pub enum Subject {
     Worker(String),
     /// A client with a role.
     Client(String, Role),
+    /// RabbitMQ's server certificate for `amqps://` (`broker.pyti`): it names no farm
+    /// principal, so it can act as nothing in the farm.
+    Broker,
 }
 
 impl Subject {
@@ -42,6 +45,7 @@ impl Subject {
             Subject::Client(name, role) => {
                 vec![format!("{name}.client.pyti"), format!("{role}.role.pyti")]
             }
+            Subject::Broker => vec!["broker.pyti".to_owned()],
         }
     }
 
@@ -51,6 +55,7 @@ impl Subject {
             Subject::Master => "master".to_owned(),
             Subject::Worker(name) => format!("worker-{name}"),
             Subject::Client(name, _) => format!("client-{name}"),
+            Subject::Broker => "broker".to_owned(),
         }
     }
 }

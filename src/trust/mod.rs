@@ -94,6 +94,32 @@ impl fmt::Display for Principal {
 }
 
 impl Principal {
+    /// Who a job this principal submits records as its submitter: `client:NAME` for a
+    /// client certificate or token (the same name is the same client), `local` for
+    /// anyone on an open server.
+    pub fn owner(&self) -> String {
+        match self {
+            Principal::Open => "local".to_owned(),
+            Principal::Master => "master".to_owned(),
+            Principal::Worker(name) => format!("worker:{name}"),
+            Principal::Client { name, .. } => format!("client:{name}"),
+            Principal::Anonymous => "anonymous".to_owned(),
+        }
+    }
+
+    /// Whether this principal may cancel a job `owner` (see [`Principal::owner`])
+    /// submitted: on an open server and as an admin any job, as a `submit` client its
+    /// own.
+    pub fn may_cancel(&self, owner: &str) -> bool {
+        match self {
+            Principal::Open => true,
+            Principal::Client { role, .. } => {
+                *role == Role::Admin || (*role == Role::Submit && self.owner() == owner)
+            }
+            _ => false,
+        }
+    }
+
     /// The worker this principal may act as: the one its certificate names, or any
     /// (`None`) on an open server. `Err` for every other principal.
     pub fn worker_name(&self) -> Result<Option<&str>, String> {
@@ -358,8 +384,34 @@ mod tests {
             principal_from_names(["master.pyti", "w1.worker.pyti"]),
             Principal::Anonymous
         );
+        assert_eq!(
+            principal_from_names(["broker.pyti", "localhost"]),
+            Principal::Anonymous,
+            "RabbitMQ's certificate is nobody in the farm"
+        );
         assert!(check_name("Bad_Name").is_err());
         assert!(check_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn submit_clients_cancel_their_own_jobs_only() {
+        let alice = Principal::Client {
+            name: "alice".into(),
+            role: Role::Submit,
+        };
+        let bob = Principal::Client {
+            name: "bob".into(),
+            role: Role::Submit,
+        };
+        let owner = alice.owner();
+        assert!(alice.may_cancel(&owner));
+        assert!(!bob.may_cancel(&owner));
+        assert!(!bob.may_cancel(""), "a job recorded before owners were");
+        assert!(client(Role::Admin).may_cancel(&owner));
+        assert!(!client(Role::Read).may_cancel(&client(Role::Read).owner()));
+        assert!(Principal::Open.may_cancel(&owner));
+        assert!(!Principal::Worker("alice".into()).may_cancel(&owner));
+        assert_ne!(Principal::Worker("alice".into()).owner(), owner);
     }
 
     #[test]

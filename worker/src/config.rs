@@ -45,7 +45,7 @@ const CONFIG_KEYS: [&str; 17] = [
     "cache_max_bytes",
 ];
 
-const TLS_KEYS: [&str; 3] = ["cert", "key", "ca"];
+const TLS_KEYS: [&str; 6] = ["cert", "key", "ca", "amqp_ca", "amqp_cert", "amqp_key"];
 
 const PLATFORM_KEYS: [&str; 9] = [
     "hypervisor",
@@ -96,6 +96,9 @@ pub struct WorkerConfig {
     /// the farm CA. With it, WorkerControl answers only the master, and the worker
     /// talks to the master over mutual TLS.
     pub tls: Option<pyti::trust::TlsFiles>,
+    /// `[tls] amqp_ca`, `amqp_cert`, `amqp_key` for an `amqps://` `amqp_url` (defaults:
+    /// the farm CA and this worker's certificate and key).
+    pub amqp_tls: Option<pyti::amqp::AmqpTls>,
     /// Serve a non-loopback `listen` without TLS anyway (loudly). Default: false.
     pub insecure: bool,
 }
@@ -190,6 +193,11 @@ impl WorkerConfig {
             pyti::trust::check_name(&worker_id).map_err(|m| file.value_error(c, "worker_id", m))?;
         }
         let insecure = file.get_bool(c, "insecure")?.unwrap_or(false);
+        let amqp_url = file
+            .get(c, "amqp_url")
+            .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .to_owned();
+        let amqp_tls = pyti::config::amqp_tls(file, "tls", tls.as_ref(), &amqp_url)?;
         let budgets = budgets_from_ini(file)?;
         let cache_max_bytes = file
             .get_u64_in(c, "cache_max_bytes", 1 << 20, u64::MAX)?
@@ -228,10 +236,7 @@ impl WorkerConfig {
                 .get(c, "master")
                 .unwrap_or("http://127.0.0.1:50051")
                 .to_owned(),
-            amqp_url: file
-                .get(c, "amqp_url")
-                .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")
-                .to_owned(),
+            amqp_url,
             queue_prefix: file.get(c, "queue_prefix").unwrap_or("pyti").to_owned(),
             listen,
             advertise,
@@ -244,6 +249,7 @@ impl WorkerConfig {
             cache_max_bytes,
             platforms,
             tls,
+            amqp_tls,
             insecure,
         })
     }

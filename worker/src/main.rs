@@ -102,6 +102,9 @@ async fn serve(
     let capacity = WorkerCapacity::new(&config, pool.clone());
     let manager = Arc::new(Manager::start(Arc::clone(&config), pool, recipes, agent).await?);
     let settings = MasterLinkSettings::from_config(&config);
+    // Bad RabbitMQ TLS files stop the worker here, not in a retry loop.
+    pyti::amqp::Amqp::new(&settings.amqp_url, settings.amqp_tls.as_ref())
+        .map_err(anyhow::Error::msg)?;
     let link = MasterLinkHandle::new(capacity.clone());
     let control = ControlService::new(capacity).with_master_link(link.clone());
     let stop = CancellationToken::new();

@@ -44,6 +44,8 @@ pub struct Submission {
     /// A retried submission with the same key (scoped by the caller) gets the job
     /// the first one made; empty: none.
     pub idempotency_key: String,
+    /// Who submits it ([`pyti::trust::Principal::owner`]): who may cancel it.
+    pub submitted_by: String,
 }
 
 /// Which jobs `list` returns, one page at a time.
@@ -154,6 +156,7 @@ impl Jobs {
             spec,
             queue_without_capacity,
             idempotency_key,
+            submitted_by,
         } = submission;
         if !queue_without_capacity {
             self.workers.check_offered(&spec)?;
@@ -178,6 +181,7 @@ impl Jobs {
             lease_deadline_ms: None,
             cancel_requested: false,
             lease_id: String::new(),
+            submitted_by,
             history: Vec::new(),
         };
         if idempotency_key.is_empty() {

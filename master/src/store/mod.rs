@@ -85,6 +85,9 @@ pub struct JobRow {
     /// Random per assignment to a worker: only the holder of the job's queue message
     /// knows it (empty before the first assignment).
     pub lease_id: String,
+    /// Who submitted it (`client:NAME`, `local`; empty for jobs stored before this
+    /// was recorded): who besides admins may cancel it.
+    pub submitted_by: String,
     /// Every transition, oldest first (empty in listings).
     pub history: Vec<HistoryRow>,
 }

@@ -164,6 +164,7 @@ macro_rules! sql_store {
                         .map_err(|e| self.fail(e))?,
                     cancel_requested: get_i("cancel_requested")? != 0,
                     lease_id: get_s("lease_id")?,
+                    submitted_by: get_s("submitted_by")?,
                     history: Vec::new(),
                     job_id,
                 })
@@ -561,7 +562,7 @@ macro_rules! sql_store {
                     .expect("a list of strings serialises");
                 sqlx::query(&format!(
                     "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
                 ))
                 .bind(&job.job_id)
                 .bind(&job.spec.project_name)
@@ -579,6 +580,7 @@ macro_rules! sql_store {
                 .bind(job.lease_deadline_ms)
                 .bind(i64::from(job.cancel_requested))
                 .bind(&job.lease_id)
+                .bind(&job.submitted_by)
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| self.fail(e))?;

@@ -28,7 +28,11 @@ impl OneWorker {
             prefix: format!("pyti-unit-{}", uuid::Uuid::new_v4().simple()),
             worker_queue_ttl_ms: 1_000,
         };
-        let (broker, _supervisor) = Broker::start(AMQP, topology, shutdown.clone());
+        let (broker, _supervisor) = Broker::start(
+            pyti::amqp::Amqp::new(AMQP, None).unwrap(),
+            topology,
+            shutdown.clone(),
+        );
         let runtime = Runtime::new(clock.clock(), shutdown.clone());
         let workers = Arc::new(Workers::new(
             store,

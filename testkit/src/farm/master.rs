@@ -101,7 +101,8 @@ impl MasterProcess {
         std::fs::write(
             &config,
             format!(
-                "[config]\npyti_master_root = {root}\nlisten = 127.0.0.1:{port}\nqueue_prefix = {prefix}\nlease_s = {lease}\nmax_attempts = {attempts}\ndatabase = {database}\n",
+                "[config]\npyti_master_root = {root}\nlisten = 127.0.0.1:{port}\nqueue_prefix = {prefix}\nlease_s = {lease}\nmax_attempts = {attempts}\ndatabase = {database}\namqp_url = {amqp}\n",
+                amqp = settings.amqp_url,
                 root = dir.display(),
                 prefix = settings.queue_prefix,
                 lease = settings.lease.as_secs(),
@@ -109,22 +110,32 @@ impl MasterProcess {
             ),
         )
         .expect("writing master.ini");
+        let mut tls_section = String::new();
         if let Some(tls) = &settings.tls {
+            tls_section += &format!(
+                "cert = {}\nkey = {}\nca = {}\n",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            );
+        }
+        if let Some(amqp) = &settings.amqp_tls {
+            tls_section += &format!("amqp_ca = {}\n", amqp.ca.display());
+            if let Some((cert, key)) = &amqp.identity {
+                tls_section += &format!(
+                    "amqp_cert = {}\namqp_key = {}\n",
+                    cert.display(),
+                    key.display()
+                );
+            }
+        }
+        if !tls_section.is_empty() {
             let mut ini = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&config)
                 .expect("opening master.ini");
-            std::io::Write::write_all(
-                &mut ini,
-                format!(
-                    "\n[tls]\ncert = {}\nkey = {}\nca = {}\n",
-                    tls.cert.display(),
-                    tls.key.display(),
-                    tls.ca.display()
-                )
-                .as_bytes(),
-            )
-            .expect("writing master.ini");
+            std::io::Write::write_all(&mut ini, format!("\n[tls]\n{tls_section}").as_bytes())
+                .expect("writing master.ini");
         }
         let mut process = Self {
             binary: binary.to_owned(),

@@ -61,6 +61,7 @@ pub fn settings(prefix: &str) -> Settings {
         reap_interval: Duration::from_millis(200),
         worker_queue_ttl: Duration::from_secs(5),
         tls: None,
+        amqp_tls: None,
         worker_expiry: Duration::from_secs(60),
     }
 }
@@ -86,6 +87,15 @@ impl FarmBuilder {
     /// client.
     pub fn mtls(mut self) -> Self {
         self.mtls = true;
+        self
+    }
+
+    /// The master reaches RabbitMQ at `url` (e.g. a private `amqps://` node) with
+    /// `tls`, instead of the shared node at [`AMQP`] (the caller owns that node and
+    /// its queues).
+    pub fn amqp(mut self, url: &str, tls: Option<pyti::amqp::AmqpTls>) -> Self {
+        self.settings.amqp_url = url.to_owned();
+        self.settings.amqp_tls = tls;
         self
     }
 

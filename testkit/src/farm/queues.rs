@@ -33,7 +33,7 @@ impl Queues {
 pub async fn delete_queues(prefix: &str, queues: &Queues) {
     let stop = CancellationToken::new();
     let (broker, supervisor) = Broker::start(
-        AMQP,
+        pyti::amqp::Amqp::new(AMQP, None).expect("a plain URL"),
         Topology {
             prefix: prefix.to_owned(),
             worker_queue_ttl_ms: 1,

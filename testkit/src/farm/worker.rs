@@ -125,6 +125,7 @@ pub struct WorkerBuilder {
     started: Started,
     ca: Option<super::FarmCa>,
     results_padding: usize,
+    amqp: Option<(String, Option<pyti::amqp::AmqpTls>)>,
 }
 
 impl WorkerBuilder {
@@ -145,6 +146,7 @@ impl WorkerBuilder {
             started: Started::default(),
             ca: None,
             results_padding: 0,
+            amqp: None,
         }
     }
 
@@ -163,6 +165,12 @@ impl WorkerBuilder {
     /// Its TLS files, on a farm on mutual TLS.
     pub fn tls_files(&self) -> Option<pyti::trust::TlsFiles> {
         self.ca.as_ref().map(|ca| ca.worker(&self.id))
+    }
+
+    /// Consumes from RabbitMQ at `url` with `tls` instead of the shared node.
+    pub fn amqp(mut self, url: &str, tls: Option<pyti::amqp::AmqpTls>) -> Self {
+        self.amqp = Some((url.to_owned(), tls));
+        self
     }
 
     /// Names the worker `id` exactly (the farm gives it a unique one otherwise).
@@ -247,7 +255,13 @@ impl WorkerBuilder {
         };
         let file = pyti::config::IniFile::parse(&text, Path::new("worker.ini"))
             .expect("the test worker's INI parses");
-        WorkerConfig::from_ini(&file, &|_| None).expect("the test worker's configuration")
+        let mut config =
+            WorkerConfig::from_ini(&file, &|_| None).expect("the test worker's configuration");
+        if let Some((url, tls)) = &self.amqp {
+            url.clone_into(&mut config.amqp_url);
+            config.amqp_tls.clone_from(tls);
+        }
+        config
     }
 
     /// Starts the worker in this process with the test executor.

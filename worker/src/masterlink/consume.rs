@@ -132,19 +132,26 @@ impl MasterLink {
                     _ = pool_changes.changed() => continue,
                 }
             }
-            let connection =
-                match Connection::connect(&self.settings.amqp_url, ConnectionProperties::default())
-                    .await
-                {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!(%error, "Cannot reach RabbitMQ; retrying");
-                        if !self.back_off(&mut backoff).await {
-                            return;
-                        }
-                        continue;
+            // The TLS files are read at every connection: renewed certificates count.
+            let amqp =
+                pyti::amqp::Amqp::new(&self.settings.amqp_url, self.settings.amqp_tls.as_ref())
+                    .map_err(|message| {
+                        lapin::Error::IOError(Arc::new(std::io::Error::other(message)))
+                    });
+            let connection = match amqp {
+                Ok(amqp) => amqp.connect(ConnectionProperties::default()).await,
+                Err(error) => Err(error),
+            };
+            let connection = match connection {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot reach RabbitMQ; retrying");
+                    if !self.back_off(&mut backoff).await {
+                        return;
                     }
-                };
+                    continue;
+                }
+            };
             let consumed = self
                 .consume_on(
                     &connection,

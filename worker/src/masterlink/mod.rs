@@ -66,6 +66,8 @@ pub struct MasterLinkSettings {
     /// This worker's farm identity, presented to the master (whose certificate must
     /// name `master.pyti`).
     pub tls: Option<pyti::trust::TlsFiles>,
+    /// For an `amqps://` URL: RabbitMQ's CA and the client certificate to present.
+    pub amqp_tls: Option<pyti::amqp::AmqpTls>,
 }
 
 impl MasterLinkSettings {
@@ -78,6 +80,7 @@ impl MasterLinkSettings {
             spool_dir: config.root.join("spool"),
             register_interval: Duration::from_secs(10),
             tls: config.tls.clone(),
+            amqp_tls: config.amqp_tls.clone(),
         }
     }
 }

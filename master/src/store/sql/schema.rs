@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at_ms BIGINT NOT NULL,
     lease_deadline_ms BIGINT,
     cancel_requested BIGINT NOT NULL,
-    lease_id TEXT NOT NULL DEFAULT ''
+    lease_id TEXT NOT NULL DEFAULT '',
+    submitted_by TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_history (
@@ -88,11 +89,14 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 /// Columns added after the first release, for stores made before them: (table, column
 /// definition).
-pub(super) const ADDED_COLUMNS: [(&str, &str); 1] = [("jobs", "lease_id TEXT NOT NULL DEFAULT ''")];
+pub(super) const ADDED_COLUMNS: [(&str, &str); 2] = [
+    ("jobs", "lease_id TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "submitted_by TEXT NOT NULL DEFAULT ''"),
+];
 
 pub(super) const JOB_COLUMNS: &str = "job_id, project_name, project_version, recipe_identifier, \
     platform_identifier, platform_variants, resolved_version, state, attempt, worker_id, \
-    outcome, submitted_at_ms, updated_at_ms, lease_deadline_ms, cancel_requested, lease_id";
+    outcome, submitted_at_ms, updated_at_ms, lease_deadline_ms, cancel_requested, lease_id, submitted_by";
 
 pub(super) fn state_of(value: i64) -> JobState {
     i32::try_from(value)

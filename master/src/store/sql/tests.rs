@@ -23,6 +23,7 @@ fn job(id: &str, project: &str) -> JobRow {
         lease_deadline_ms: None,
         cancel_requested: false,
         lease_id: String::new(),
+        submitted_by: format!("client:{project}"),
         history: Vec::new(),
     }
 }
@@ -63,6 +64,7 @@ async fn exercise(store: Arc<dyn Store>) {
     let got = store.get_job(&id(0)).await.unwrap().unwrap();
     assert_eq!(got.spec.platform_variants, vec!["python3.11"]);
     assert_eq!(got.history.len(), 1);
+    assert_eq!(got.submitted_by, "client:even", "who submitted it is kept");
     assert!(store.get_job("nope").await.unwrap().is_none());
 
     // Conditional transitions: the second identical one loses.
@@ -305,4 +307,64 @@ async fn sqlite_store_keeps_jobs_results_and_workers() {
 async fn postgres_store_keeps_jobs_results_and_workers() {
     let url = pyti_testkit::postgres::fresh_schema_url().await;
     exercise(open(&url).await.unwrap()).await;
+}
+
+/// The jobs table as the first release made it, with one job in it: no lease id, no
+/// submitter.
+fn first_release_jobs_table() -> (String, String) {
+    let table = schema::SCHEMA.split(";").next().unwrap().replace(
+        ",\n    lease_id TEXT NOT NULL DEFAULT '',\n    submitted_by TEXT NOT NULL DEFAULT ''",
+        "",
+    );
+    assert!(
+        !table.contains("submitted_by") && !table.contains("lease_id"),
+        "{table}"
+    );
+    let row = "INSERT INTO jobs (job_id, project_name, project_version, recipe_identifier, \
+        platform_identifier, platform_variants, resolved_version, state, attempt, worker_id, \
+        outcome, submitted_at_ms, updated_at_ms, lease_deadline_ms, cancel_requested) \
+        VALUES ('old', 'old', '1.0', 'recipe', 'linux-debian', '[]', '', 2, 1, '', 0, 1, 1, NULL, 0)";
+    (table, row.to_owned())
+}
+
+/// A store made by the first release gains the added columns on open; its jobs keep
+/// working, recorded as submitted by nobody (so only admins may cancel them).
+async fn check_old_job(store: &dyn Store) {
+    let old = store.get_job("old").await.unwrap().unwrap();
+    assert_eq!((old.lease_id.as_str(), old.submitted_by.as_str()), ("", ""));
+    assert_eq!(old.state, JobState::Queued);
+}
+
+#[tokio::test]
+async fn sqlite_store_of_the_first_release_gains_the_new_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let (table, row) = first_release_jobs_table();
+    sqlx::raw_sql(&table).execute(&pool).await.unwrap();
+    sqlx::raw_sql(&row).execute(&pool).await.unwrap();
+    pool.close().await;
+    let store = open(path.to_str().unwrap()).await.unwrap();
+    check_old_job(store.as_ref()).await;
+    exercise(store).await;
+    // Opening it again finds the columns there already.
+    check_old_job(open(path.to_str().unwrap()).await.unwrap().as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_store_of_the_first_release_gains_the_new_columns() {
+    let url = pyti_testkit::postgres::fresh_schema_url().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    let (table, row) = first_release_jobs_table();
+    sqlx::raw_sql(&table).execute(&pool).await.unwrap();
+    sqlx::raw_sql(&row).execute(&pool).await.unwrap();
+    pool.close().await;
+    let store = open(&url).await.unwrap();
+    check_old_job(store.as_ref()).await;
+    exercise(store).await;
+    check_old_job(open(&url).await.unwrap().as_ref()).await;
 }
