@@ -349,20 +349,8 @@ impl Broker {
     /// it publishes to none it is about to delete (see `Workers::expire_silent`).
     pub async fn delete_if_unused(&self, queue: &str) -> BrokerResult<bool> {
         let session = self.session(Duration::from_secs(5)).await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(amqp("opening a channel"))?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        // A missing queue closes this channel only.
-        let Ok(found) = channel
-            .queue_declare(queue, passive, FieldTable::default())
-            .await
-        else {
+        let (channel, found) = Self::passive_declare(&session, queue).await?;
+        let Some(found) = found else {
             return Ok(false);
         };
         let unused = found.message_count() == 0 && found.consumer_count() == 0;
@@ -391,25 +379,36 @@ impl Broker {
     /// when it does not).
     pub async fn queue_exists(&self, queue: &str) -> BrokerResult<bool> {
         let session = self.session(Duration::from_secs(5)).await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(amqp("opening a channel"))?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let exists = channel
-            .queue_declare(queue, options, FieldTable::default())
-            .await
-            .is_ok();
+        let (channel, found) = Self::passive_declare(&session, queue).await?;
+        let exists = found.is_some();
         if exists {
             if let Err(error) = channel.close(200, "asked").await {
                 tracing::debug!(%error, "Closing the asking channel");
             }
         }
         Ok(exists)
+    }
+
+    /// Asks for `queue` without creating it, on a channel of its own: RabbitMQ closes
+    /// that channel (only) when the queue does not exist, which reads as `None`.
+    async fn passive_declare(
+        session: &Session,
+        queue: &str,
+    ) -> BrokerResult<(Channel, Option<lapin::Queue>)> {
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = channel
+            .queue_declare(queue, passive, FieldTable::default())
+            .await
+            .ok();
+        Ok((channel, found))
     }
 
     /// A receiver that changes whenever the session does.
