@@ -208,25 +208,10 @@ async fn main() -> ExitCode {
 }
 
 /// A channel to the master with the credentials given (TLS when `--ca` is).
-type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
-
-/// Adds `authorization: Bearer ...` when a token is given.
-#[derive(Clone)]
-struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+type Conn = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    pyti::trust::token::Bearer,
+>;
 
 async fn connect(cli: &ConnectOptions) -> anyhow::Result<Conn> {
     let tls = match &cli.ca {
@@ -247,15 +232,9 @@ async fn connect(cli: &ConnectOptions) -> anyhow::Result<Conn> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the master at {}", cli.master))?;
-    let bearer = match &cli.token {
-        Some(token) => Some(
-            format!("Bearer {}", token.trim())
-                .parse()
-                .context("the token is not ASCII")?,
-        ),
-        None => None,
-    };
-    Ok(Conn::new(channel, Bearer(bearer)))
+    let bearer =
+        pyti::trust::token::Bearer::new(cli.token.as_deref()).context("the token is not ASCII")?;
+    Ok(Conn::new(channel, bearer))
 }
 
 async fn jobs_client(cli: &ConnectOptions) -> anyhow::Result<JobServiceClient<Conn>> {

@@ -71,3 +71,32 @@ mod tests {
         assert!(!token.hash.contains(secret));
     }
 }
+
+/// The client side of a token: adds `authorization: Bearer <token>` to every call when
+/// there is one (the CLI and the test farms share it).
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// The interceptor for `token`, or an error when it is not ASCII.
+    pub fn new(token: Option<&str>) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        token
+            .map(|token| format!("Bearer {}", token.trim()).parse())
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

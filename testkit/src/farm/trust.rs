@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pyti::trust::ca::{self, Issue, Subject};
 use pyti::trust::{Role, TlsFiles};
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 /// A farm CA made by `pyti ca init` (the library behind it) in a directory.
@@ -103,25 +101,8 @@ pub enum Credentials {
     Token(PathBuf, String),
 }
 
-/// Adds `authorization: Bearer ...` when there is a token.
-#[derive(Debug, Clone, Default)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub use pyti::trust::token::Bearer;
 
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel with credentials.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// A channel to `address` (`http://...`, made `https://` when TLS) as `credentials`
@@ -134,9 +115,7 @@ pub async fn connect(address: &str, credentials: &Credentials, domain: &str) -> 
         Credentials::Certificate(files) => (Some(files.client_config(domain)), Bearer::default()),
         Credentials::Token(ca, token) => (
             Some(client_config(ca, None, domain)),
-            Bearer(Some(
-                format!("Bearer {token}").parse().expect("a token is ASCII"),
-            )),
+            Bearer::new(Some(token)).expect("a token is ASCII"),
         ),
     };
     let tls = tls.transpose().expect("the client's TLS files");
